@@ -1,0 +1,137 @@
+"""``relayd``: turn flags into a Config and run the Server (or check-config / migrate)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from daemon import __version__
+from daemon.config import Config, ConfigError, load_config, parse_assignment
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="relayd",
+        description="Relay daemon: accepts mail over SMTP and HTTP, queues it durably, delivers it.",
+        epilog=(
+            "Every setting can also be set as RELAY_<SECTION>_<KEY> (e.g. RELAY_HTTP_PORT=8081). "
+            "Exit codes: 0 ok, 1 runtime failure, 2 bad configuration or usage."
+        ),
+    )
+    parser.add_argument("command", nargs="?", default="run",
+                        choices=["run", "check-config", "migrate", "version"],
+                        help="run (default), check-config, migrate or version")
+    parser.add_argument("-c", "--config", type=Path, help="TOML configuration file")
+    parser.add_argument("--data-dir", help="data directory (default ./relay-data)")
+    parser.add_argument("--smtp-port", help="SMTP (STARTTLS) port")
+    parser.add_argument("--http-port", help="HTTP API port")
+    parser.add_argument("--log-level", help="debug, info, warning or error")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override any setting (repeatable)")
+    return parser
+
+
+def _flags(args: argparse.Namespace) -> dict[str, Any]:
+    layer: dict[str, Any] = {}
+    for assignment in args.set:
+        for key, value in parse_assignment(assignment).items():
+            if isinstance(value, dict):
+                layer.setdefault(key, {}).update(value)
+            else:
+                layer[key] = value
+    if args.data_dir:
+        layer["data_dir"] = args.data_dir
+    if args.log_level:
+        layer["log_level"] = args.log_level
+    if args.smtp_port:
+        layer.setdefault("smtp", {})["port"] = args.smtp_port
+    if args.http_port:
+        layer.setdefault("http", {})["port"] = args.http_port
+    return layer
+
+
+def setup_logging(level: str) -> None:
+    """One line per event; journald adds its own timestamp, a terminal gets one from us."""
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if not os.environ.get("JOURNAL_STREAM"):
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
+    for noisy in ("mail.log", "uvicorn.error", "apscheduler", "aiosmtplib"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"relayd: {message}", file=sys.stderr)
+    return code
+
+
+def _check(config: Config) -> None:
+    """Validation that needs the filesystem: the TLS files load, the data dir is writable."""
+    from daemon.tls import ensure_certificate, server_ssl_context
+
+    server_ssl_context(*ensure_certificate(config))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "version":
+        print(f"relayd {__version__}")
+        return 0
+
+    def build() -> Config:
+        return load_config(args.config, os.environ, _flags(args))
+
+    try:
+        config = build()
+        if args.command in ("run", "check-config"):
+            _check(config)
+    except ConfigError as exc:
+        return _fail(f"configuration error: {exc}", 2)
+    except OSError as exc:
+        return _fail(f"configuration error: {exc}", 2)
+    setup_logging(config.log_level)
+
+    if args.command == "check-config":
+        print(f"configuration ok ({args.config or 'built-in defaults'})")
+        return 0
+    if args.command == "migrate":
+        from daemon.store.engine import make_engine
+        from daemon.store.migrate import upgrade
+
+        try:
+            before, after = upgrade(make_engine(config.database_url))
+        except Exception as exc:  # noqa: BLE001 - one line, not a traceback
+            return _fail(f"migration failed: {str(exc).splitlines()[0]}", 1)
+        print(f"database at {after} (was {before or 'empty'})")
+        return 0
+
+    from daemon.server import Server
+
+    try:
+        asyncio.run(Server(config, reload=build).run(), loop_factory=_loop_factory())
+    except OSError as exc:
+        return _fail(f"cannot start: {exc}", 1)
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+def _loop_factory() -> Any:
+    """uvloop when installed and not disabled (RELAY_LOOP=asyncio), else asyncio's default."""
+    if os.environ.get("RELAY_LOOP", "uvloop") == "uvloop":
+        try:
+            import uvloop
+
+            return uvloop.new_event_loop
+        except ImportError:
+            pass
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

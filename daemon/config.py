@@ -1,0 +1,555 @@
+"""One typed, frozen Config, built once from defaults < TOML < environment < flags < runtime.
+
+Every setting is declared once in the section dataclasses below; the loader, the
+environment mapping, ``relayd check-config`` and the test that compares
+``config.example.toml`` all read those declarations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from daemon.core.durations import Duration
+
+ConfigValue = str | int | float | bool | list[str] | Duration | None
+
+
+class ConfigError(Exception):
+    """A setting is unknown, of the wrong type or out of range; the message names the key."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+def _port(value: int) -> None:
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a port number between 1 and 65535 (0 picks a free port)")
+
+
+def _positive(value: int) -> None:
+    if value < 1:
+        raise ValueError("must be at least 1")
+
+
+def _non_negative(value: int) -> None:
+    if value < 0:
+        raise ValueError("cannot be negative")
+
+
+def _networks(value: list[str]) -> None:
+    for item in value:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP network (e.g. 127.0.0.0/8)") from None
+
+
+def _choice(*allowed: str) -> typing.Callable[[str], None]:
+    def check(value: str) -> None:
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(repr(a) for a in allowed)}")
+
+    return check
+
+
+def _readable_file(value: str) -> None:
+    if value and not os.access(value, os.R_OK):
+        raise ValueError(f"cannot read file {value!r}")
+
+
+def setting(default: Any, doc: str, check: typing.Callable[[Any], None] | None = None) -> Any:
+    """Declare one setting: its default, a one-line description and an optional check."""
+    meta = {"doc": doc, "check": check}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    host: str = setting("127.0.0.1", "address the SMTP listeners bind to")
+    port: int = setting(2525, "SMTP port with STARTTLS", _port)
+    tls_port: int = setting(2526, "SMTP port with implicit TLS (SMTPS); 0 picks one", _port)
+    hostname: str = setting("", "name announced in the greeting; empty: the machine's FQDN")
+    max_size: int = setting(26214400, "largest message accepted, in bytes", _positive)
+    timeout: Duration = setting(Duration(300.0, "300s"), "idle time before a session is closed")
+    trusted_networks: list[str] = setting(
+        ["127.0.0.0/8", "::1/128"], "clients allowed to relay without AUTH", _networks
+    )
+    require_auth: bool = setting(False, "demand AUTH even from trusted networks")
+    bare_newline: str = setting(
+        "reject", "bare CR or LF in DATA: reject (5xx) or normalize", _choice("reject", "normalize")
+    )
+    tls_cert: str = setting(
+        "", "PEM certificate; empty: a self-signed one in data_dir", _readable_file
+    )
+    tls_key: str = setting("", "PEM private key for tls_cert", _readable_file)
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    host: str = setting("127.0.0.1", "address the HTTP API binds to")
+    port: int = setting(8080, "HTTP API port", _port)
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str = setting("", "sqlite:///path or postgresql+psycopg://...; empty: data_dir/relay.db")
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    batch_size: int = setting(50, "messages claimed per batch", _positive)
+    process_interval: Duration = setting(
+        Duration(30.0, "30s"), "fallback poll interval (new mail wakes the workers at once)"
+    )
+    max_retries: int = setting(
+        3, "temporary failures retried before a message fails", _non_negative
+    )
+    max_depth: int = setting(
+        0, "pending messages accepted before refusing (0: unbounded)", _non_negative
+    )
+    concurrency: int = setting(64, "deliveries in flight at once", _positive)
+    lease: Duration = setting(
+        Duration(300.0, "5m"), "how long a claim holds before another worker may take it"
+    )
+    retry_base: Duration = setting(Duration(60.0, "1m"), "first retry delay; doubles each attempt")
+    retry_max: Duration = setting(Duration(3600.0, "1h"), "longest retry delay")
+    shutdown_grace: Duration = setting(
+        Duration(20.0, "20s"), "time in-flight deliveries get on SIGTERM"
+    )
+
+
+@dataclass(frozen=True)
+class RateLimitsConfig:
+    global_daily: int = setting(
+        100000, "messages per day for the whole relay (0: unlimited)", _non_negative
+    )
+    workspace_default: int = setting(10000, "messages per day per workspace", _non_negative)
+    user_default: int = setting(500, "messages per day per user", _non_negative)
+    default_plan: str = setting(
+        "free", "plan of a new workspace", _choice("free", "basic", "pro", "enterprise")
+    )
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    admin_token: str = setting("", "admin API token; empty: generated into data_dir/admin.token")
+    admin_token_file: str = setting("", "file holding the admin token (mode 0600)", _readable_file)
+
+
+PROVIDER_TYPES = ("outbox", "smtp", "mailgun", "gmail", "sendgrid")
+
+# Keys each provider type takes beyond the common ones, with their Python type.
+PROVIDER_KEYS: dict[str, dict[str, type]] = {
+    "outbox": {"path": str},
+    "smtp": {
+        "host": str,
+        "port": int,
+        "tls": str,
+        "username": str,
+        "password": str,
+        "password_file": str,
+        "timeout": Duration,
+        "max_connections": int,
+    },
+    "mailgun": {"api_key": str, "api_key_file": str, "domain": str, "region": str, "base_url": str},
+    "gmail": {
+        "service_account_file": str,
+        "service_account_json": str,
+        "base_url": str,
+        "token_url": str,
+    },
+    "sendgrid": {"api_key": str, "api_key_file": str, "base_url": str},
+}
+PROVIDER_COMMON_KEYS: dict[str, type] = {
+    "type": str,
+    "enabled": bool,
+    "priority": int,
+    "weight": int,
+    "rate_limit": int,
+    "workspace_id": str,
+}
+SECRET_KEYS = frozenset({"password", "api_key", "service_account_json", "admin_token", "secret"})
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    """One delivery provider: the common routing keys plus its type's own options."""
+
+    id: str
+    type: str
+    enabled: bool = True
+    priority: int = 1
+    weight: int = 100
+    rate_limit: int = 0
+    workspace_id: str = ""
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def option(self, key: str, default: Any = None) -> Any:
+        """A type-specific option, reading ``<key>_file`` when the value lives in a file."""
+        if key in self.options:
+            return self.options[key]
+        path = self.options.get(f"{key}_file")
+        if path:
+            return Path(path).read_text().strip()
+        return default
+
+
+def _default_providers() -> dict[str, ProviderConfig]:
+    return {"outbox": ProviderConfig(id="outbox", type="outbox")}
+
+
+@dataclass(frozen=True)
+class Config:
+    """The daemon's whole configuration. Build it with :func:`load_config`."""
+
+    data_dir: str = setting(
+        "./relay-data", "where the SQLite database, outbox, token and certificate live"
+    )
+    log_level: str = setting(
+        "info", "debug, info, warning or error", _choice("debug", "info", "warning", "error")
+    )
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    rate_limits: RateLimitsConfig = field(default_factory=RateLimitsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    providers: Mapping[str, ProviderConfig] = field(default_factory=_default_providers)
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url or f"sqlite:///{self.data_path / 'relay.db'}"
+
+    def source(self, key: str) -> str:
+        """Where a dotted key's value came from: default, file, env, flag or runtime."""
+        return self.sources.get(key, "default")
+
+
+SECTIONS: dict[str, type] = {
+    f.name: typing.get_type_hints(Config)[f.name]
+    for f in dataclasses.fields(Config)
+    if dataclasses.is_dataclass(typing.get_type_hints(Config)[f.name])
+}
+TOP_LEVEL_KEYS = ("data_dir", "log_level")
+
+
+def _describe(kind: Any) -> str:
+    return {
+        str: "a string",
+        int: "an integer",
+        bool: "true or false",
+        float: "a number",
+        Duration: 'a duration such as "30s"',
+    }.get(kind, "a list of strings")
+
+
+def coerce(key: str, kind: Any, value: Any, from_text: bool = False) -> ConfigValue:
+    """Turn a TOML or environment value into ``kind``, or raise ConfigError naming ``key``."""
+    try:
+        if kind is Duration:
+            return Duration.parse(value)
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            if (
+                from_text
+                and isinstance(value, str)
+                and value.lower()
+                in {
+                    "1",
+                    "true",
+                    "yes",
+                    "on",
+                    "0",
+                    "false",
+                    "no",
+                    "off",
+                }
+            ):
+                return value.lower() in {"1", "true", "yes", "on"}
+        elif kind is int:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+            if from_text and isinstance(value, str) and value.strip().lstrip("-").isdigit():
+                return int(value)
+        elif kind is float:
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return float(value)
+            if from_text and isinstance(value, str):
+                return float(value)
+        elif kind is str:
+            if isinstance(value, str):
+                return value
+        elif typing.get_origin(kind) is list:
+            if from_text and isinstance(value, str):
+                return [item.strip() for item in value.split(",") if item.strip()]
+            if isinstance(value, list) and all(isinstance(i, str) for i in value):
+                return list(value)
+    except ValueError as exc:
+        raise ConfigError(key, str(exc)) from None
+    raise ConfigError(key, f"expected {_describe(kind)}, got {value!r}")
+
+
+def _field_kinds(section: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(section)
+    return {f.name: hints[f.name] for f in dataclasses.fields(section)}
+
+
+def _check(key: str, section: type, name: str, value: Any) -> None:
+    for f in dataclasses.fields(section):
+        if f.name == name and f.metadata.get("check"):
+            try:
+                f.metadata["check"](value)
+            except ValueError as exc:
+                raise ConfigError(key, str(exc)) from None
+
+
+def describe_settings() -> dict[str, str]:
+    """Every dotted key the daemon knows (providers excluded), with its description."""
+    out: dict[str, str] = {}
+    for f in dataclasses.fields(Config):
+        if f.name in TOP_LEVEL_KEYS:
+            out[f.name] = f.metadata["doc"]
+    for name, section in SECTIONS.items():
+        for f in dataclasses.fields(section):
+            out[f"{name}.{f.name}"] = f.metadata["doc"]
+    return out
+
+
+Layer = dict[str, Any]
+
+
+def _merge(
+    target: dict[str, Any], layer: Mapping[str, Any], origin: str, sources: dict[str, str]
+) -> None:
+    for key, value in layer.items():
+        if key == "providers" and isinstance(value, Mapping):
+            providers = target.setdefault("providers", {})
+            for pid, options in value.items():
+                if not isinstance(options, Mapping):
+                    raise ConfigError(f"providers.{pid}", "must be a table of settings")
+                providers.setdefault(pid, {}).update(options)
+                for okey in options:
+                    sources[f"providers.{pid}.{okey}"] = origin
+        elif key in SECTIONS:
+            if not isinstance(value, Mapping):
+                raise ConfigError(key, "must be a table of settings")
+            target.setdefault(key, {}).update(value)
+            for skey in value:
+                sources[f"{key}.{skey}"] = origin
+        else:
+            target[key] = value
+            sources[key] = origin
+
+
+def env_layer(env: Mapping[str, str], provider_ids: typing.Iterable[str] = ()) -> Layer:
+    """Map ``RELAY_<SECTION>_<KEY>`` variables onto config keys (values stay text)."""
+    layer: Layer = {}
+    if env.get("RELAY_ADMIN_TOKEN"):
+        layer.setdefault("auth", {})["admin_token"] = env["RELAY_ADMIN_TOKEN"]
+    for key in TOP_LEVEL_KEYS:
+        name = f"RELAY_{key.upper()}"
+        if name in env:
+            layer[key] = env[name]
+    for section, kind in SECTIONS.items():
+        for fname in _field_kinds(kind):
+            name = f"RELAY_{section.upper()}_{fname.upper()}"
+            if name in env:
+                layer.setdefault(section, {})[fname] = env[name]
+    known = {
+        **PROVIDER_COMMON_KEYS,
+        **{k: v for keys in PROVIDER_KEYS.values() for k, v in keys.items()},
+    }
+    for pid in provider_ids:
+        prefix = f"RELAY_PROVIDERS_{pid.upper().replace('-', '_')}_"
+        for name, value in env.items():
+            if name.startswith(prefix) and name[len(prefix) :].lower() in known:
+                layer.setdefault("providers", {}).setdefault(pid, {})[
+                    name[len(prefix) :].lower()
+                ] = value
+    return layer
+
+
+def read_toml(path: Path) -> Layer:
+    """Read a TOML config file, turning any failure into a one-line ConfigError."""
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError("--config", f"file {str(path)!r} does not exist") from None
+    except PermissionError:
+        raise ConfigError("--config", f"cannot read {str(path)!r}: permission denied") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from None
+
+
+def _build_provider(pid: str, raw: Mapping[str, Any], from_text: set[str]) -> ProviderConfig:
+    ptype = raw.get("type")
+    if ptype is None and pid in PROVIDER_TYPES:
+        ptype = pid
+    if ptype not in PROVIDER_TYPES:
+        raise ConfigError(f"providers.{pid}.type", f"must be one of {', '.join(PROVIDER_TYPES)}")
+    common: dict[str, Any] = {}
+    options: dict[str, Any] = {}
+    allowed = PROVIDER_KEYS[ptype]
+    for key, value in raw.items():
+        dotted = f"providers.{pid}.{key}"
+        textual = dotted in from_text
+        if key == "type":
+            continue
+        if key in PROVIDER_COMMON_KEYS:
+            common[key] = coerce(dotted, PROVIDER_COMMON_KEYS[key], value, textual)
+        elif key in allowed:
+            options[key] = coerce(dotted, allowed[key], value, textual)
+        else:
+            raise ConfigError(dotted, f"unknown setting for a {ptype} provider")
+    for key in ("priority", "weight", "rate_limit"):
+        if common.get(key, 0) < 0:
+            raise ConfigError(f"providers.{pid}.{key}", "cannot be negative")
+    if ptype == "smtp":
+        if not options.get("host"):
+            raise ConfigError(f"providers.{pid}.host", "an smtp provider needs a host")
+        if "port" in options:
+            try:
+                _port(options["port"])
+            except ValueError as exc:
+                raise ConfigError(f"providers.{pid}.port", str(exc)) from None
+        tls = options.get("tls", "none")
+        if tls not in ("none", "starttls", "implicit"):
+            raise ConfigError(f"providers.{pid}.tls", "must be 'none', 'starttls' or 'implicit'")
+    if ptype == "mailgun" and options.get("region", "US").upper() not in ("US", "EU"):
+        raise ConfigError(f"providers.{pid}.region", "must be 'US' or 'EU'")
+    for key, value in options.items():
+        if key.endswith("_file") and value:
+            try:
+                _readable_file(value)
+            except ValueError as exc:
+                raise ConfigError(f"providers.{pid}.{key}", str(exc)) from None
+    return ProviderConfig(id=pid, type=ptype, options=types.MappingProxyType(options), **common)
+
+
+def build_config(layers: typing.Sequence[tuple[str, Layer]]) -> Config:
+    """Merge ``(origin, layer)`` pairs in order and validate every key."""
+    merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for origin, layer in layers:
+        _merge(merged, layer, origin, sources)
+    textual = {key for key, origin in sources.items() if origin in ("env", "flag")}
+
+    kwargs: dict[str, Any] = {}
+    top_kinds = _field_kinds(Config)
+    for key, value in merged.items():
+        if key in TOP_LEVEL_KEYS:
+            kwargs[key] = coerce(key, top_kinds[key], value, key in textual)
+            _check(key, Config, key, kwargs[key])
+        elif key in SECTIONS:
+            section = SECTIONS[key]
+            kinds = _field_kinds(section)
+            values: dict[str, Any] = {}
+            for name, raw in value.items():
+                dotted = f"{key}.{name}"
+                if name not in kinds:
+                    raise ConfigError(dotted, f"unknown setting in [{key}]")
+                values[name] = coerce(dotted, kinds[name], raw, dotted in textual)
+                _check(dotted, section, name, values[name])
+            kwargs[key] = section(**values)
+        elif key == "providers":
+            providers = {pid: _build_provider(pid, raw, textual) for pid, raw in value.items()}
+            if not providers:
+                providers = _default_providers()
+            kwargs["providers"] = types.MappingProxyType(providers)
+        else:
+            raise ConfigError(key, "unknown setting")
+    smtp: SmtpConfig = kwargs.get("smtp", SmtpConfig())
+    if bool(smtp.tls_cert) != bool(smtp.tls_key):
+        raise ConfigError(
+            "smtp.tls_key" if smtp.tls_cert else "smtp.tls_cert",
+            "tls_cert and tls_key must be set together",
+        )
+    return Config(**kwargs, sources=types.MappingProxyType(sources))
+
+
+def load_config(
+    path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Layer | None = None,
+    runtime: Layer | None = None,
+) -> Config:
+    """Build the Config: defaults < TOML file < environment < flags < runtime changes."""
+    env = os.environ if env is None else env
+    file_layer = read_toml(path) if path is not None else {}
+    provider_ids = list(file_layer.get("providers", {}) or {}) + list(
+        (runtime or {}).get("providers", {})
+    )
+    layers: list[tuple[str, Layer]] = [("file", file_layer), ("env", env_layer(env, provider_ids))]
+    if flags:
+        layers.append(("flag", flags))
+    if runtime:
+        layers.append(("runtime", runtime))
+    return build_config(layers)
+
+
+def parse_assignment(text: str) -> Layer:
+    """Turn ``section.key=value`` (a ``--set`` flag) into a layer."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise ConfigError(text, "expected section.key=value")
+    parts = key.strip().split(".")
+    layer: Layer = {}
+    node = layer
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return layer
+
+
+def as_dict(config: Config, mask_secrets: bool = True) -> dict[str, Any]:
+    """The configuration as plain JSON-able data, secrets masked."""
+
+    def render(key: str, value: Any) -> Any:
+        if mask_secrets and key in SECRET_KEYS and value:
+            return "********"
+        if isinstance(value, Duration):
+            return value.text
+        return value
+
+    out: dict[str, Any] = {key: getattr(config, key) for key in TOP_LEVEL_KEYS}
+    for name in SECTIONS:
+        section = getattr(config, name)
+        out[name] = {
+            f.name: render(f.name, getattr(section, f.name)) for f in dataclasses.fields(section)
+        }
+    out["providers"] = {
+        pid: {
+            "type": p.type,
+            "enabled": p.enabled,
+            "priority": p.priority,
+            "weight": p.weight,
+            "rate_limit": p.rate_limit,
+            "workspace_id": p.workspace_id or None,
+            **{k: render(k, v) for k, v in p.options.items()},
+        }
+        for pid, p in config.providers.items()
+    }
+    return out
+
+
+Source = Literal["default", "file", "env", "flag", "runtime"]

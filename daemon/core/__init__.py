@@ -1,0 +1,1 @@
+"""Pure policy: no I/O, no clock (time is passed in)."""

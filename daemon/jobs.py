@@ -1,0 +1,45 @@
+"""APScheduler wiring: each job is one call into the service, run on the daemon's loop."""
+
+from __future__ import annotations
+
+import logging
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from daemon.service import RelayService
+from daemon.store import queue
+
+log = logging.getLogger("relayd.jobs")
+
+
+class Jobs:
+    """The daemon's periodic work."""
+
+    def __init__(self, service: RelayService) -> None:
+        self._service = service
+        self._scheduler = AsyncIOScheduler(timezone="UTC")
+
+    def start(self) -> None:
+        self._scheduler.add_job(
+            self.reap_leases,
+            "interval",
+            seconds=max(5.0, self._service.config.queue.lease.seconds / 4),
+            id="reap-leases",
+            max_instances=1,
+            coalesce=True,
+        )
+        self._scheduler.start()
+
+    async def reap_leases(self) -> int:
+        """Requeue messages whose worker died holding a lease (it expired)."""
+        now = self._service.clock()
+        count = await self._service.committer.run(lambda c: queue.reap_expired(c, now))
+        if count:
+            log.warning("requeued %d message(s) whose delivery lease expired", count)
+            self._service.wake.set()
+        return count
+
+    def stop(self) -> None:
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
+

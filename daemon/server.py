@@ -1,0 +1,209 @@
+"""Lifecycle: build every part from one Config, run SMTP + HTTP + workers + jobs, stop cleanly.
+
+``Server(config)`` is used by ``relayd`` and, unchanged, by the loopback tests.
+SIGTERM drains (stop accepting, finish in-flight deliveries within the grace,
+release leases) and exits 0; SIGHUP re-reads the configuration file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import uvicorn
+
+from daemon.api.app import create_app
+from daemon.config import Config
+from daemon.delivery.dispatcher import Dispatcher
+from daemon.jobs import Jobs
+from daemon.providers import build_providers
+from daemon.service import RelayService
+from daemon.smtp.listener import SmtpListeners
+from daemon.store.engine import make_engine
+from daemon.store.migrate import upgrade
+from daemon.tls import ensure_certificate, server_ssl_context
+
+log = logging.getLogger("relayd")
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: the daemon owns SIGTERM/SIGINT/SIGHUP."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def notify_systemd(state: str) -> None:
+    """Send an sd_notify datagram (READY=1, STOPPING=1, ...) when run under systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+    except OSError as exc:
+        log.warning("could not notify systemd: %s", exc)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+class Server:
+    """The whole daemon in one object: ``await start()``, ``await stop()``, or ``run()``."""
+
+    def __init__(self, config: Config, reload: Callable[[], Config] | None = None) -> None:
+        self.config = config
+        self._reload = reload
+        self._stopped = asyncio.Event()
+        self._http_task: asyncio.Task[None] | None = None
+        self._http_socket: socket.socket | None = None
+        self._uvicorn: _Uvicorn | None = None
+        self.service: RelayService
+        self.smtp: SmtpListeners
+        self.dispatcher: Dispatcher
+        self.jobs: Jobs
+
+    @property
+    def data_dir(self) -> Path:
+        return self.config.data_path
+
+    @property
+    def admin_token(self) -> str:
+        return self.service.admin_token
+
+    @property
+    def smtp_port(self) -> int:
+        return self.smtp.port
+
+    @property
+    def smtp_tls_port(self) -> int:
+        return self.smtp.tls_port
+
+    @property
+    def http_port(self) -> int:
+        assert self._http_socket is not None
+        return int(self._http_socket.getsockname()[1])
+
+    @property
+    def base_url(self) -> str:
+        host = self.config.http.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.http_port}"
+
+    async def start(self) -> None:
+        """Migrate, then bring up the store, workers, SMTP listeners and the HTTP API."""
+        config = self.config
+        config.data_path.mkdir(parents=True, exist_ok=True)
+        engine = make_engine(config.database_url)
+        before, after = await asyncio.to_thread(upgrade, engine)
+        if before != after:
+            log.info("database migrated from %s to %s", before or "empty", after)
+        self.service = RelayService(config, engine)
+        await self.service.start()
+        cert, key = ensure_certificate(config)
+        self.dispatcher = Dispatcher(self.service, build_providers(config))
+        await self.dispatcher.start()
+        self.smtp = SmtpListeners(config, self.service, server_ssl_context(cert, key))
+        await self.smtp.start()
+        await self._start_http()
+        self.jobs = Jobs(self.service)
+        self.jobs.start()
+        log.info(
+            "relayd ready: smtp %s:%d (starttls) and :%d (tls), http %s, database %s",
+            config.smtp.host,
+            self.smtp_port,
+            self.smtp_tls_port,
+            self.base_url,
+            config.database_url.split("://", 1)[0],
+        )
+
+    async def _start_http(self) -> None:
+        self._http_socket = _bind(self.config.http.host, self.config.http.port)
+        uv_config = uvicorn.Config(
+            create_app(self.service),
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            server_header=False,
+            timeout_graceful_shutdown=5,
+        )
+        self._uvicorn = _Uvicorn(uv_config)
+        self._http_task = asyncio.create_task(
+            self._uvicorn.serve(sockets=[self._http_socket]), name="http"
+        )
+        while not self._uvicorn.started:
+            if self._http_task.done():
+                await self._http_task
+                raise RuntimeError("the HTTP server stopped during start-up")
+            await asyncio.sleep(0.01)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the configuration and apply what can change without a restart."""
+        if self._reload is None:
+            return
+        try:
+            config = self._reload()
+        except Exception as exc:  # noqa: BLE001 - a bad file must not kill a running daemon
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            return
+        restart = [
+            key
+            for key, old, new in (
+                ("smtp.host/port", (self.config.smtp.host, self.config.smtp.port),
+                 (config.smtp.host, config.smtp.port)),
+                ("smtp.tls_port", self.config.smtp.tls_port, config.smtp.tls_port),
+                ("http", self.config.http, config.http),
+                ("database.url", self.config.database_url, config.database_url),
+                ("providers", self.config.providers, config.providers),
+            )
+            if old != new
+        ]
+        self.config = config
+        self.service.reconfigure(config)
+        logging.getLogger().setLevel(config.log_level.upper())
+        log.info("configuration reloaded%s", f"; restart needed for {', '.join(restart)}" if restart else "")
+
+    async def stop(self) -> None:
+        """Stop accepting, drain deliveries within the grace, release leases, close the store."""
+        self.service.accepting = False
+        await self.smtp.stop()
+        self.jobs.stop()
+        await self.dispatcher.stop(self.config.queue.shutdown_grace.seconds)
+        if self._uvicorn is not None and self._http_task is not None:
+            self._uvicorn.should_exit = True
+            await self._http_task
+        await self.service.close()
+        self.service.engine.dispose()
+        self._stopped.set()
+
+    async def run(self) -> None:
+        """Run until SIGTERM/SIGINT, telling systemd when ready and when stopping."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        await self.start()
+        notify_systemd("READY=1\nSTATUS=accepting mail")
+        await stop.wait()
+        log.info("shutting down: draining in-flight deliveries")
+        notify_systemd("STOPPING=1")
+        await self.stop()
+        log.info("stopped")

@@ -1,0 +1,121 @@
+"""The relay service: the one object SMTP, the API, workers and jobs call into."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from daemon.config import Config
+from daemon.core.message import NewMessage
+from daemon.store import queue
+from daemon.store.committer import Committer, Reader
+from daemon.store.engine import StoreError
+from daemon.store.models import utcnow
+
+log = logging.getLogger("relayd")
+
+
+class NotAccepting(Exception):
+    """The daemon is shutting down and takes no new mail."""
+
+
+def resolve_admin_token(config: Config) -> str:
+    """The admin token from config, its file, or one generated once into data_dir (0600)."""
+    if config.auth.admin_token:
+        return config.auth.admin_token
+    if config.auth.admin_token_file:
+        return Path(config.auth.admin_token_file).read_text().strip()
+    path = config.data_path / "admin.token"
+    if path.exists():
+        return path.read_text().strip()
+    config.data_path.mkdir(parents=True, exist_ok=True)
+    token = "rly_admin_" + secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    log.info("generated admin token in %s", path)
+    return token
+
+
+class RelayService:
+    """Owns the store (group committer and readers) and the signal that wakes delivery."""
+
+    def __init__(
+        self,
+        config: Config,
+        engine: Engine,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.clock = clock
+        self.committer = Committer(engine)
+        self.reader = Reader(engine)
+        self.admin_token = resolve_admin_token(config)
+        self.accepting = True
+        self.started_at = clock()
+        self._wake: asyncio.Event | None = None
+
+    async def start(self) -> None:
+        self._wake = asyncio.Event()
+        await self.committer.start()
+
+    @property
+    def wake(self) -> asyncio.Event:
+        """Set whenever new mail is committed, so idle workers claim it at once."""
+        assert self._wake is not None, "service not started"
+        return self._wake
+
+    def reconfigure(self, config: Config) -> None:
+        """Apply a new Config (SIGHUP, runtime changes) to what reads it live."""
+        self.config = config
+
+    async def enqueue(self, message: NewMessage) -> str:
+        """Store a message durably; returns its id only once the commit is on disk."""
+        if not self.accepting:
+            raise NotAccepting()
+        await self.committer.run(lambda conn: queue.insert_messages(conn, [message]))
+        if self._wake is not None:
+            self._wake.set()
+        return message.id
+
+    async def cancel(self, message_id: str, workspace_id: str | None = None) -> bool:
+        now = self.clock()
+        return await self.committer.run(lambda c: queue.cancel(c, message_id, now, workspace_id))
+
+    async def retry(
+        self, message_id: str, workspace_id: str | None = None
+    ) -> dict[str, Any] | None:
+        now = self.clock()
+        result = await self.committer.run(lambda c: queue.retry(c, message_id, now, workspace_id))
+        if result is not None and self._wake is not None:
+            self._wake.set()
+        return result
+
+    async def count_by_status(self, workspace_id: str | None = None) -> dict[str, int]:
+        return await self.reader.run(lambda c: queue.count_by_status(c, workspace_id))
+
+    async def ping(self) -> bool:
+        """True when the database answers."""
+        try:
+            await self.reader.run(lambda c: c.execute(sa.text("SELECT 1")).scalar())
+            return True
+        except StoreError:
+            return False
+
+    def lease(self) -> timedelta:
+        return timedelta(seconds=self.config.queue.lease.seconds)
+
+    async def close(self) -> None:
+        self.accepting = False
+        await self.committer.close()
+        self.reader.close()

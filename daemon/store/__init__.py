@@ -1,0 +1,1 @@
+"""Storage: tables, engine, migrations and the queue; the only code that speaks SQL."""

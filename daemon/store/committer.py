@@ -1,0 +1,137 @@
+"""Group commit: one writer thread runs every queued write of a moment in one transaction.
+
+Callers ``await committer.run(op)``; the future resolves only after the
+transaction holding ``op`` has committed (and, on SQLite with synchronous=FULL,
+been fsynced). Writes that arrive while a commit is in progress form the next
+batch, so under load one fsync covers many messages and nobody waits on a timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from daemon.store.engine import StoreError, classify_error
+
+log = logging.getLogger("relayd.store")
+
+T = TypeVar("T")
+Op = Callable[[Connection], Any]
+
+
+class Committer:
+    """Serialises writes through one thread and batches them into shared transactions."""
+
+    def __init__(self, engine: Engine, max_batch: int = 512) -> None:
+        self._engine = engine
+        self._max_batch = max_batch
+        self._pending: list[tuple[Op, asyncio.Future[Any]]] = []
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-writer")
+        self._closed = False
+        self.commits = 0
+        self.ops = 0
+
+    async def start(self) -> None:
+        self._wakeup = asyncio.Event()
+        self._task = asyncio.create_task(self._loop(), name="group-commit")
+
+    async def run(self, op: Callable[[Connection], T]) -> T:
+        """Run ``op`` inside a batched transaction; returns once that transaction committed."""
+        if self._closed or self._wakeup is None:
+            raise StoreError("the store is shutting down")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._pending.append((op, future))
+        self._wakeup.set()
+        return await future
+
+    async def _loop(self) -> None:
+        assert self._wakeup is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending:
+                batch = self._pending[: self._max_batch]
+                del self._pending[: self._max_batch]
+                ops = [op for op, _ in batch]
+                results = await loop.run_in_executor(self._executor, self._commit, ops)
+                for (_, future), (ok, value) in zip(batch, results, strict=True):
+                    if future.done():
+                        continue
+                    if ok:
+                        future.set_result(value)
+                    else:
+                        future.set_exception(value)
+            if self._closed:
+                return
+
+    def _commit(self, ops: list[Op]) -> list[tuple[bool, Any]]:
+        """Commit all ops together; if that fails, retry each alone so one bad op fails alone."""
+        try:
+            with self._engine.begin() as conn:
+                results = [op(conn) for op in ops]
+            self.commits += 1
+            self.ops += len(ops)
+            return [(True, r) for r in results]
+        except Exception as exc:
+            if len(ops) == 1:
+                return [(False, self._wrap(exc))]
+            log.debug("batch of %d failed (%s); retrying one by one", len(ops), exc)
+        outcomes: list[tuple[bool, Any]] = []
+        for op in ops:
+            try:
+                with self._engine.begin() as conn:
+                    outcomes.append((True, op(conn)))
+                self.commits += 1
+                self.ops += 1
+            except Exception as exc:
+                outcomes.append((False, self._wrap(exc)))
+        return outcomes
+
+    @staticmethod
+    def _wrap(exc: Exception) -> Exception:
+        if isinstance(exc, SQLAlchemyError | OSError):
+            log.warning("database write failed: %s", str(exc).splitlines()[0])
+            return classify_error(exc)
+        return exc
+
+    async def close(self) -> None:
+        """Finish queued writes, then stop the writer thread."""
+        self._closed = True
+        if self._wakeup is not None:
+            self._wakeup.set()
+        if self._task is not None:
+            await self._task
+        self._executor.shutdown(wait=True)
+
+
+class Reader:
+    """Runs read-only queries on a small thread pool (SQLite WAL readers never block the writer)."""
+
+    def __init__(self, engine: Engine, workers: int = 4) -> None:
+        self._engine = engine
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="relay-reader")
+        self._local = threading.local()
+
+    async def run(self, op: Callable[[Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._read, op)
+
+    def _read(self, op: Callable[[Connection], T]) -> T:
+        try:
+            with self._engine.connect() as conn:
+                return op(conn)
+        except (SQLAlchemyError, OSError) as exc:
+            raise classify_error(exc) from exc
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)

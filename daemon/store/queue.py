@@ -1,0 +1,456 @@
+"""The durable queue: enqueue, claim with a lease, complete, retry, cancel, list.
+
+Functions take a Connection (inside the caller's transaction) or an Engine, and
+use SQLAlchemy Core bulk statements: these run on the SMTP and delivery hot paths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from daemon.core.message import (
+    CANCELLABLE_STATUSES,
+    PENDING_STATUSES,
+    RETRYABLE_STATUSES,
+    STATUSES,
+    ClaimedMessage,
+    NewMessage,
+    Outcome,
+    Recipient,
+)
+from daemon.store.models import (
+    delivery_attempts,
+    message_content,
+    message_recipients,
+    messages,
+)
+
+
+def insert_messages(conn: Connection, batch: Sequence[NewMessage]) -> None:
+    """Insert messages, their bytes and recipients with three executemany statements."""
+    if not batch:
+        return
+    conn.execute(
+        messages.insert(),
+        [
+            {
+                "id": m.id,
+                "uuid": m.uuid,
+                "workspace_id": m.workspace_id,
+                "campaign_id": m.campaign_id,
+                "user_id": m.user_id,
+                "source": m.source,
+                "mail_from": m.mail_from,
+                "from_header": m.from_header,
+                "to_addrs": m.to,
+                "cc_addrs": m.cc,
+                "bcc_addrs": m.bcc,
+                "subject": m.subject,
+                "headers": m.headers,
+                "attachments": m.attachments,
+                "metadata": m.metadata,
+                "priority": m.priority,
+                "status": m.status,
+                "size": len(m.raw),
+                "retry_count": 0,
+                "max_retries": m.max_retries,
+                "dsn_ret": m.dsn_ret,
+                "dsn_envid": m.dsn_envid,
+                "personalization": m.personalization,
+                "queued_at": m.queued_at,
+                "send_at": m.send_at,
+                "next_attempt_at": m.next_attempt_at,
+                "updated_at": m.queued_at,
+            }
+            for m in batch
+        ],
+    )
+    conn.execute(message_content.insert(), [{"message_id": m.id, "raw": m.raw} for m in batch])
+    conn.execute(
+        message_recipients.insert(),
+        [
+            {
+                "message_id": m.id,
+                "address": r.address,
+                "status": "pending",
+                "notify": r.notify,
+                "orcpt": r.orcpt,
+            }
+            for m in batch
+            for r in m.recipients
+        ],
+    )
+
+
+def claim(
+    conn: Connection, now: datetime, limit: int, owner: str, lease: timedelta
+) -> list[ClaimedMessage]:
+    """Atomically move up to ``limit`` due messages to ``processing`` under ``owner``'s lease.
+
+    PostgreSQL uses ``FOR UPDATE SKIP LOCKED`` so concurrent daemons never take
+    the same row; SQLite serialises writers, so one UPDATE ... RETURNING is atomic.
+    """
+    due = (
+        sa.select(messages.c.id)
+        .where(messages.c.status.in_(("queued", "scheduled")), messages.c.next_attempt_at <= now)
+        .order_by(messages.c.priority, messages.c.next_attempt_at)
+        .limit(limit)
+    )
+    if conn.dialect.name == "postgresql":
+        due = due.with_for_update(skip_locked=True)
+    rows = conn.execute(
+        messages.update()
+        .where(messages.c.id.in_(due.scalar_subquery()))
+        .values(status="processing", lease_owner=owner, lease_until=now + lease, updated_at=now)
+        .returning(
+            messages.c.id,
+            messages.c.mail_from,
+            messages.c.workspace_id,
+            messages.c.campaign_id,
+            messages.c.retry_count,
+            messages.c.max_retries,
+            messages.c.dsn_ret,
+            messages.c.dsn_envid,
+            messages.c.queued_at,
+            messages.c.priority,
+            messages.c.next_attempt_at,
+        )
+    ).all()
+    if not rows:
+        return []
+    rows = sorted(rows, key=lambda r: (r.priority, r.next_attempt_at))
+    ids = [r.id for r in rows]
+    raw: dict[str, bytes] = dict(
+        conn.execute(
+            sa.select(message_content.c.message_id, message_content.c.raw).where(
+                message_content.c.message_id.in_(ids)
+            )
+        ).all()
+    )
+    recipients: dict[str, list[Recipient]] = {i: [] for i in ids}
+    for r in conn.execute(
+        sa.select(
+            message_recipients.c.message_id,
+            message_recipients.c.address,
+            message_recipients.c.notify,
+            message_recipients.c.orcpt,
+        )
+        .where(message_recipients.c.message_id.in_(ids), message_recipients.c.status == "pending")
+        .order_by(message_recipients.c.id)
+    ):
+        recipients[r.message_id].append(Recipient(r.address, r.notify, r.orcpt))
+    return [
+        ClaimedMessage(
+            id=r.id,
+            mail_from=r.mail_from,
+            recipients=recipients[r.id],
+            raw=bytes(raw[r.id]),
+            workspace_id=r.workspace_id,
+            campaign_id=r.campaign_id,
+            retry_count=r.retry_count,
+            max_retries=r.max_retries,
+            dsn_ret=r.dsn_ret,
+            dsn_envid=r.dsn_envid,
+            lease_owner=owner,
+            queued_at=r.queued_at,
+        )
+        for r in rows
+    ]
+
+
+def apply_outcomes(conn: Connection, outcomes: Sequence[Outcome]) -> int:
+    """Record delivery results; a result whose lease was lost to another worker is dropped.
+
+    Returns how many messages were updated.
+    """
+    applied = 0
+    attempt_rows: list[dict[str, Any]] = []
+    for o in outcomes:
+        result = conn.execute(
+            messages.update()
+            .where(
+                messages.c.id == o.message_id,
+                messages.c.status == "processing",
+                messages.c.lease_owner == o.lease_owner,
+            )
+            .values(
+                status=o.status,
+                processed_at=o.processed_at,
+                updated_at=o.processed_at,
+                retry_count=o.retry_count,
+                next_attempt_at=o.next_attempt_at or o.processed_at,
+                provider=o.provider,
+                provider_message_id=o.provider_message_id,
+                error=o.error,
+                lease_owner=None,
+                lease_until=None,
+            )
+        )
+        if result.rowcount != 1:
+            continue
+        applied += 1
+        for address, status, error in o.recipient_status:
+            conn.execute(
+                message_recipients.update()
+                .where(
+                    message_recipients.c.message_id == o.message_id,
+                    message_recipients.c.address == address,
+                )
+                .values(status=status, error=error)
+            )
+        attempt_rows.extend(
+            {
+                "message_id": o.message_id,
+                "attempted_at": a.attempted_at,
+                "provider": a.provider,
+                "outcome": a.outcome,
+                "code": a.code,
+                "reply": a.reply[:2000],
+                "duration_ms": a.duration_ms,
+            }
+            for a in o.attempts
+        )
+    if attempt_rows:
+        conn.execute(delivery_attempts.insert(), attempt_rows)
+    return applied
+
+
+def release(conn: Connection, owner: str, now: datetime) -> int:
+    """Hand back every lease ``owner`` holds (clean shutdown)."""
+    return int(
+        conn.execute(
+            messages.update()
+            .where(messages.c.status == "processing", messages.c.lease_owner == owner)
+            .values(status="queued", lease_owner=None, lease_until=None, updated_at=now)
+        ).rowcount
+    )
+
+
+def reap_expired(conn: Connection, now: datetime) -> int:
+    """Return messages whose worker died (lease expired) to the queue."""
+    return int(
+        conn.execute(
+            messages.update()
+            .where(messages.c.status == "processing", messages.c.lease_until < now)
+            .values(status="queued", lease_owner=None, lease_until=None, updated_at=now)
+        ).rowcount
+    )
+
+
+def next_due(conn: Connection) -> datetime | None:
+    """When the earliest waiting message becomes due (to sleep exactly that long)."""
+    value: datetime | None = conn.execute(
+        sa.select(sa.func.min(messages.c.next_attempt_at)).where(
+            messages.c.status.in_(("queued", "scheduled"))
+        )
+    ).scalar()
+    if value is not None and value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value
+
+
+class InvalidState(Exception):
+    """The message exists but is not in a state that allows the operation."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+def cancel(
+    conn: Connection, message_id: str, now: datetime, workspace_id: str | None = None
+) -> bool:
+    """Cancel a queued or scheduled message. False: not found; InvalidState: wrong status."""
+    cond = [messages.c.id == message_id]
+    if workspace_id is not None:
+        cond.append(messages.c.workspace_id == workspace_id)
+    result = conn.execute(
+        messages.update()
+        .where(*cond, messages.c.status.in_(CANCELLABLE_STATUSES))
+        .values(status="cancelled", updated_at=now, processed_at=now)
+    )
+    if result.rowcount == 1:
+        return True
+    status = conn.execute(sa.select(messages.c.status).where(*cond)).scalar()
+    if status is None:
+        return False
+    raise InvalidState(status)
+
+
+def retry(
+    conn: Connection, message_id: str, now: datetime, workspace_id: str | None = None
+) -> dict[str, Any] | None:
+    """Requeue a failed or auth_error message now; returns its id, status and retry_count."""
+    cond = [messages.c.id == message_id]
+    if workspace_id is not None:
+        cond.append(messages.c.workspace_id == workspace_id)
+    row = conn.execute(
+        messages.update()
+        .where(*cond, messages.c.status.in_(RETRYABLE_STATUSES))
+        .values(
+            status="queued",
+            retry_count=messages.c.retry_count + 1,
+            next_attempt_at=now,
+            error=None,
+            updated_at=now,
+        )
+        .returning(messages.c.id, messages.c.status, messages.c.retry_count)
+    ).first()
+    if row is not None:
+        conn.execute(
+            message_recipients.update()
+            .where(
+                message_recipients.c.message_id == message_id,
+                message_recipients.c.status.in_(("failed", "auth_error")),
+            )
+            .values(status="pending", error=None)
+        )
+        return {"message_id": row.id, "status": row.status, "retry_count": row.retry_count}
+    status = conn.execute(sa.select(messages.c.status).where(*cond)).scalar()
+    if status is None:
+        return None
+    raise InvalidState(status)
+
+
+@dataclass(frozen=True)
+class ListFilter:
+    """Filters of ``GET /api/messages``."""
+
+    status: str | None = None
+    workspace_id: str | None = None
+    mail_from: str | None = None
+    to: str | None = None
+    date_from: datetime | None = None
+    date_to: datetime | None = None
+
+
+def _filter_conditions(f: ListFilter) -> list[sa.ColumnElement[bool]]:
+    cond: list[sa.ColumnElement[bool]] = []
+    if f.status:
+        cond.append(messages.c.status == f.status)
+    if f.workspace_id:
+        cond.append(messages.c.workspace_id == f.workspace_id)
+    if f.mail_from:
+        cond.append(
+            sa.or_(
+                messages.c.mail_from == f.mail_from, messages.c.from_header.contains(f.mail_from)
+            )
+        )
+    if f.to:
+        cond.append(
+            messages.c.id.in_(
+                sa.select(message_recipients.c.message_id).where(
+                    message_recipients.c.address == f.to
+                )
+            )
+        )
+    if f.date_from:
+        cond.append(messages.c.queued_at >= f.date_from)
+    if f.date_to:
+        cond.append(messages.c.queued_at <= f.date_to)
+    return cond
+
+
+SUMMARY_COLUMNS = (
+    messages.c.id,
+    messages.c.uuid,
+    messages.c.mail_from,
+    messages.c.from_header,
+    messages.c.to_addrs,
+    messages.c.cc_addrs,
+    messages.c.bcc_addrs,
+    messages.c.subject,
+    messages.c.status,
+    messages.c.workspace_id,
+    messages.c.campaign_id,
+    messages.c.user_id,
+    messages.c.queued_at,
+    messages.c.send_at,
+    messages.c.next_attempt_at,
+    messages.c.processed_at,
+    messages.c.error,
+    messages.c.retry_count,
+    messages.c.metadata,
+    messages.c.priority,
+    messages.c.provider,
+    messages.c.provider_message_id,
+    messages.c.headers,
+    messages.c.attachments,
+    messages.c.size,
+    messages.c.source,
+)
+
+
+def list_messages(
+    conn: Connection, f: ListFilter, limit: int, offset: int
+) -> tuple[list[Any], int]:
+    """A page of messages, newest first, and the total matching count."""
+    cond = _filter_conditions(f)
+    rows = conn.execute(
+        sa.select(*SUMMARY_COLUMNS)
+        .where(*cond)
+        .order_by(messages.c.queued_at.desc(), messages.c.id.desc())
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    total = conn.execute(sa.select(sa.func.count()).select_from(messages).where(*cond)).scalar_one()
+    return list(rows), int(total)
+
+
+def get_message(conn: Connection, message_id: str) -> Any:
+    return conn.execute(sa.select(*SUMMARY_COLUMNS).where(messages.c.id == message_id)).first()
+
+
+def get_raw(conn: Connection, message_id: str) -> bytes | None:
+    raw = conn.execute(
+        sa.select(message_content.c.raw).where(message_content.c.message_id == message_id)
+    ).scalar()
+    return None if raw is None else bytes(raw)
+
+
+def get_recipients(conn: Connection, message_id: str) -> list[Any]:
+    return list(
+        conn.execute(
+            sa.select(message_recipients)
+            .where(message_recipients.c.message_id == message_id)
+            .order_by(message_recipients.c.id)
+        ).all()
+    )
+
+
+def get_attempts(conn: Connection, message_id: str) -> list[Any]:
+    return list(
+        conn.execute(
+            sa.select(delivery_attempts)
+            .where(delivery_attempts.c.message_id == message_id)
+            .order_by(delivery_attempts.c.id)
+        ).all()
+    )
+
+
+def count_by_status(conn: Connection, workspace_id: str | None = None) -> dict[str, int]:
+    """How many messages are in each status (every status present, zero when none)."""
+    query = sa.select(messages.c.status, sa.func.count()).group_by(messages.c.status)
+    if workspace_id is not None:
+        query = query.where(messages.c.workspace_id == workspace_id)
+    counts = dict.fromkeys(STATUSES, 0)
+    for status, n in conn.execute(query):
+        counts[status] = int(n)
+    return counts
+
+
+def pending_depth(conn: Connection) -> int:
+    """Messages not yet finished (queued, scheduled, processing)."""
+    return int(
+        conn.execute(
+            sa.select(sa.func.count())
+            .select_from(messages)
+            .where(messages.c.status.in_(PENDING_STATUSES))
+        ).scalar_one()
+    )

@@ -1,0 +1,112 @@
+"""Shared fixtures: databases (SQLite and PostgreSQL), configs, and a running relayd."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from daemon.config import Config, build_config
+from daemon.store.engine import make_engine
+from daemon.store.migrate import upgrade
+
+PG_URL = os.environ.get("RELAY_TEST_DATABASE_URL", "")
+IN_CI = bool(os.environ.get("CI"))
+
+
+def _pg_schema_url(base: str) -> Iterator[str]:
+    """A fresh PostgreSQL schema per test, selected through search_path."""
+    schema = "t_" + secrets.token_hex(6)
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    except sa.exc.OperationalError as exc:
+        admin.dispose()
+        if IN_CI:
+            pytest.fail(f"PostgreSQL at RELAY_TEST_DATABASE_URL is unreachable: {exc}")
+        pytest.skip("PostgreSQL unreachable (set RELAY_TEST_DATABASE_URL)")
+    sep = "&" if "?" in base else "?"
+    try:
+        yield f"{base}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Each store/queue/API test runs once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'relay.db'}"
+        return
+    if not PG_URL:
+        if IN_CI:
+            pytest.fail("CI is set but RELAY_TEST_DATABASE_URL is not")
+        pytest.skip("RELAY_TEST_DATABASE_URL not set")
+    yield from _pg_schema_url(PG_URL)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """SQLite only: for tests of behaviour the database does not change."""
+    return f"sqlite:///{tmp_path / 'relay.db'}"
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    """A migrated engine on the parametrized database."""
+    eng = make_engine(db_url)
+    upgrade(eng)
+    yield eng
+    eng.dispose()
+
+
+ConfigFactory = Callable[..., Config]
+
+
+@pytest.fixture
+def make_config(tmp_path: Path) -> ConfigFactory:
+    """Build a Config for tests: temp data_dir, ephemeral ports, fast queue, plus overrides.
+
+    ``make_config(db_url, smtp={"require_auth": True}, providers={...})``
+    """
+
+    def factory(database_url: str | None = None, **sections: Any) -> Config:
+        layer: dict[str, Any] = {
+            "data_dir": str(tmp_path / "data"),
+            "smtp": {"port": 0, "tls_port": 0, "hostname": "relay.test"},
+            "http": {"port": 0},
+            "queue": {"process_interval": "1s", "retry_base": "1s", "retry_max": "2s"},
+            "auth": {"admin_token": "test-admin-token"},
+        }
+        if database_url:
+            layer["database"] = {"url": database_url}
+        for key, value in sections.items():
+            if isinstance(value, dict) and isinstance(layer.get(key), dict):
+                layer[key] = {**layer[key], **value}
+            else:
+                layer[key] = value
+        return build_config([("file", layer)])
+
+    return factory
+
+
+@pytest.fixture
+async def relay(make_config: ConfigFactory, sqlite_url: str) -> AsyncIterator[Any]:
+    """A running relayd (SMTP + HTTP + workers) on loopback ephemeral ports, SQLite, outbox."""
+    from daemon.server import Server
+
+    server = Server(make_config(sqlite_url))
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()

@@ -1,0 +1,107 @@
+"""Config: precedence, types, and one clear line per bad setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from daemon.config import ConfigError, as_dict, build_config, load_config, parse_assignment
+from daemon.core.durations import Duration
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "relayd.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_match_the_design() -> None:
+    config = load_config(env={})
+    assert (config.smtp.host, config.smtp.port, config.smtp.tls_port) == ("127.0.0.1", 2525, 2526)
+    assert (config.http.host, config.http.port) == ("127.0.0.1", 8080)
+    assert config.database_url == "sqlite:///relay-data/relay.db"
+    assert list(config.providers) == ["outbox"]
+    assert config.smtp.max_size == 26214400
+    assert config.smtp.bare_newline == "reject"
+
+
+def test_precedence_file_env_flag_runtime(tmp_path: Path) -> None:
+    path = write(tmp_path, "[http]\nport = 9000\n[queue]\nbatch_size = 10\nmax_retries = 7\n")
+    env = {"RELAY_HTTP_PORT": "9001", "RELAY_QUEUE_BATCH_SIZE": "20"}
+    config = load_config(
+        path, env, flags={"http": {"port": "9002"}}, runtime={"queue": {"batch_size": 30}}
+    )
+    assert config.http.port == 9002
+    assert config.queue.batch_size == 30
+    assert config.queue.max_retries == 7
+    assert config.source("http.port") == "flag"
+    assert config.source("queue.batch_size") == "runtime"
+    assert config.source("queue.max_retries") == "file"
+    assert config.source("smtp.port") == "default"
+
+
+def test_admin_token_shorthand_and_lists_from_env() -> None:
+    config = load_config(
+        env={"RELAY_ADMIN_TOKEN": "s3cret", "RELAY_SMTP_TRUSTED_NETWORKS": "10.0.0.0/8, ::1/128"}
+    )
+    assert config.auth.admin_token == "s3cret"
+    assert config.smtp.trusted_networks == ["10.0.0.0/8", "::1/128"]
+    assert as_dict(config)["auth"]["admin_token"] == "********"
+
+
+def test_provider_tables_and_env_override(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[providers.up]\ntype = "smtp"\nhost = "mx.example"\nport = 25\ntls = "starttls"\n'
+        'password = "pw"\ntimeout = "10s"\n',
+    )
+    config = load_config(path, {"RELAY_PROVIDERS_UP_PORT": "2525"})
+    up = config.providers["up"]
+    assert (up.type, up.option("host"), up.option("port"), up.option("tls")) == (
+        "smtp", "mx.example", 2525, "starttls",
+    )
+    assert up.option("timeout") == Duration(10.0, "10s")
+    assert as_dict(config)["providers"]["up"]["password"] == "********"
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "key", "fragment"),
+    [
+        ("[smtp]\nport = 70000\n", {}, "smtp.port", "port number"),
+        ("[smtp]\nport = \"x\"\n", {}, "smtp.port", "integer"),
+        ("[smtp]\nbogus = 1\n", {}, "smtp.bogus", "unknown setting"),
+        ("[nope]\nx = 1\n", {}, "nope", "unknown setting"),
+        ("[queue]\nprocess_interval = \"soon\"\n", {}, "queue.process_interval", "not a duration"),
+        ("[smtp]\ntrusted_networks = [\"300.1.1.1\"]\n", {}, "smtp.trusted_networks", "not an IP"),
+        ("[smtp]\nbare_newline = \"allow\"\n", {}, "smtp.bare_newline", "must be one of"),
+        ("[smtp]\ntls_cert = \"/nonexistent.pem\"\n", {}, "smtp.tls_cert", "cannot read"),
+        ("", {"RELAY_HTTP_PORT": "eighty"}, "http.port", "integer"),
+        ("[providers.x]\ntype = \"carrier-pigeon\"\n", {}, "providers.x.type", "must be one of"),
+        ("[providers.x]\ntype = \"smtp\"\n", {}, "providers.x.host", "needs a host"),
+        ("[providers.x]\ntype = \"smtp\"\nhost = \"h\"\nfoo = 1\n", {}, "providers.x.foo", "unknown"),
+    ],
+)
+def test_bad_settings_name_the_key(
+    tmp_path: Path, toml: str, env: dict[str, str], key: str, fragment: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, toml), env)
+    assert info.value.key == key
+    assert fragment in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.toml", {})
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path, "[smtp\n"), {})
+
+
+def test_set_assignment() -> None:
+    assert parse_assignment("queue.batch_size=5") == {"queue": {"batch_size": "5"}}
+    with pytest.raises(ConfigError):
+        parse_assignment("queue.batch_size")
+    config = build_config([("flag", parse_assignment("queue.batch_size=5"))])
+    assert config.queue.batch_size == 5
