@@ -1,0 +1,196 @@
+"""The queue on SQLite and PostgreSQL: enqueue, claim with leases, outcomes, cancel, retry."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from daemon.core.ids import message_id
+from daemon.core.message import Attempt, NewMessage, Outcome, Recipient
+from daemon.store import queue
+from daemon.store.committer import Committer
+from daemon.store.models import delivery_attempts, message_recipients, messages
+
+NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+LEASE = timedelta(minutes=5)
+
+
+def new_message(
+    priority: int = 1, due: datetime = NOW, status: str = "queued", rcpts: int = 1, **kw: object
+) -> NewMessage:
+    return NewMessage(
+        id=message_id(int(due.timestamp() * 1000)),
+        uuid=str(uuid.uuid4()),
+        mail_from="a@example.com",
+        recipients=[Recipient(f"r{i}@example.org", "FAILURE", None) for i in range(rcpts)],
+        raw=b"Subject: t\r\n\r\nbody\r\n",
+        queued_at=NOW,
+        next_attempt_at=due,
+        priority=priority,
+        status=status,
+        subject="t",
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def insert(engine: Engine, *batch: NewMessage) -> None:
+    with engine.begin() as conn:
+        queue.insert_messages(conn, list(batch))
+
+
+def test_insert_and_claim_by_priority_then_due_time(engine: Engine) -> None:
+    low = new_message(priority=2)
+    early = new_message(due=NOW - timedelta(minutes=2))
+    high = new_message(priority=0)
+    later = new_message(due=NOW + timedelta(hours=1), status="scheduled")
+    insert(engine, low, early, high, later)
+    with engine.begin() as conn:
+        claimed = queue.claim(conn, NOW, 10, "w1", LEASE)
+    assert [c.id for c in claimed] == [high.id, early.id, low.id]
+    assert claimed[0].raw == b"Subject: t\r\n\r\nbody\r\n"
+    assert claimed[0].recipients == [Recipient("r0@example.org", "FAILURE", None)]
+    with engine.connect() as conn:
+        counts = queue.count_by_status(conn)
+    assert counts["processing"] == 3 and counts["scheduled"] == 1
+    with engine.begin() as conn:
+        assert queue.claim(conn, NOW, 10, "w2", LEASE) == []
+        assert [c.id for c in queue.claim(conn, NOW + timedelta(hours=2), 10, "w2", LEASE)] == [
+            later.id
+        ]
+
+
+def test_concurrent_claims_never_share_a_message(engine: Engine) -> None:
+    insert(engine, *[new_message() for _ in range(200)])
+    seen: list[str] = []
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def worker(name: str) -> None:
+        try:
+            while True:
+                with engine.begin() as conn:
+                    got = queue.claim(conn, NOW, 7, name, LEASE)
+                if not got:
+                    return
+                with lock:
+                    seen.extend(c.id for c in got)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(seen) == 200 and len(set(seen)) == 200
+
+
+def test_expired_lease_is_reaped_and_stale_outcome_dropped(engine: Engine) -> None:
+    msg = new_message()
+    insert(engine, msg)
+    with engine.begin() as conn:
+        (first,) = queue.claim(conn, NOW, 1, "dead-worker", LEASE)
+        assert queue.reap_expired(conn, NOW + timedelta(minutes=1)) == 0
+        assert queue.reap_expired(conn, NOW + timedelta(minutes=6)) == 1
+        (second,) = queue.claim(conn, NOW + timedelta(minutes=6), 1, "new-worker", LEASE)
+    assert second.id == first.id
+    late = Outcome(first.id, "dead-worker", "sent", NOW, 0)
+    with engine.begin() as conn:
+        assert queue.apply_outcomes(conn, [late]) == 0
+        done = Outcome(
+            second.id,
+            "new-worker",
+            "sent",
+            NOW + timedelta(minutes=7),
+            0,
+            provider="outbox",
+            provider_message_id="x.eml",
+            attempts=(Attempt("outbox", "sent", NOW, 250, "ok", 3),),
+            recipient_status=(("r0@example.org", "sent", None),),
+        )
+        assert queue.apply_outcomes(conn, [done]) == 1
+    with engine.connect() as conn:
+        row = queue.get_message(conn, msg.id)
+        assert (row.status, row.provider, row.provider_message_id) == ("sent", "outbox", "x.eml")
+        assert [a.outcome for a in queue.get_attempts(conn, msg.id)] == ["sent"]
+        assert [r.status for r in queue.get_recipients(conn, msg.id)] == ["sent"]
+
+
+def test_release_hands_back_leases(engine: Engine) -> None:
+    insert(engine, new_message(), new_message())
+    with engine.begin() as conn:
+        queue.claim(conn, NOW, 5, "me", LEASE)
+        assert queue.release(conn, "someone-else", NOW) == 0
+        assert queue.release(conn, "me", NOW) == 2
+        assert len(queue.claim(conn, NOW, 5, "other", LEASE)) == 2
+
+
+def test_cancel_and_retry_states(engine: Engine) -> None:
+    queued, failed = new_message(), new_message()
+    insert(engine, queued, failed)
+    with engine.begin() as conn:
+        conn.execute(messages.update().where(messages.c.id == failed.id).values(status="failed"))
+        conn.execute(
+            message_recipients.update()
+            .where(message_recipients.c.message_id == failed.id)
+            .values(status="failed", error="550 no")
+        )
+        assert queue.cancel(conn, queued.id, NOW) is True
+        with pytest.raises(queue.InvalidState) as info:
+            queue.cancel(conn, queued.id, NOW)
+        assert info.value.status == "cancelled"
+        assert queue.cancel(conn, "msg-nope", NOW) is False
+        assert queue.cancel(conn, failed.id, NOW, workspace_id="other") is False
+        result = queue.retry(conn, failed.id, NOW)
+        assert result == {"message_id": failed.id, "status": "queued", "retry_count": 1}
+        with pytest.raises(queue.InvalidState):
+            queue.retry(conn, failed.id, NOW)
+        assert queue.retry(conn, "msg-nope", NOW) is None
+        assert [r.status for r in queue.get_recipients(conn, failed.id)] == ["pending"]
+
+
+def test_list_filters_and_totals(engine: Engine) -> None:
+    a = new_message(workspace_id="ws-a")
+    b = new_message(workspace_id="ws-b", rcpts=2)
+    insert(engine, a, b)
+    with engine.connect() as conn:
+        rows, total = queue.list_messages(conn, queue.ListFilter(), 1, 0)
+        assert total == 2 and len(rows) == 1
+        rows, total = queue.list_messages(conn, queue.ListFilter(workspace_id="ws-b"), 10, 0)
+        assert [r.id for r in rows] == [b.id]
+        rows, _ = queue.list_messages(conn, queue.ListFilter(to="r1@example.org"), 10, 0)
+        assert [r.id for r in rows] == [b.id]
+        rows, total = queue.list_messages(conn, queue.ListFilter(status="failed"), 10, 0)
+        assert total == 0
+        assert queue.pending_depth(conn) == 2
+        assert queue.next_due(conn) == NOW
+
+
+async def test_group_commit_batches_concurrent_writes(engine: Engine) -> None:
+    committer = Committer(engine)
+    await committer.start()
+    batch = [new_message() for _ in range(100)]
+    await asyncio.gather(
+        *(committer.run(lambda c, m=m: queue.insert_messages(c, [m])) for m in batch)
+    )
+    assert committer.ops == 100
+    assert committer.commits < 100
+    # One failing op fails alone; the others in its batch still commit.
+    dup, fresh = batch[0], new_message()
+    results = await asyncio.gather(
+        committer.run(lambda c: queue.insert_messages(c, [dup])),
+        committer.run(lambda c: queue.insert_messages(c, [fresh])),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], Exception) and results[1] is None
+    await committer.close()
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(messages)).scalar() == 101
+        assert conn.execute(sa.select(sa.func.count()).select_from(delivery_attempts)).scalar() == 0
