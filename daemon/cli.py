@@ -23,16 +23,25 @@ def _parser() -> argparse.ArgumentParser:
             "Exit codes: 0 ok, 1 runtime failure, 2 bad configuration or usage."
         ),
     )
-    parser.add_argument("command", nargs="?", default="run",
-                        choices=["run", "check-config", "migrate", "version"],
-                        help="run (default), check-config, migrate or version")
+    parser.add_argument(
+        "command",
+        nargs="?",
+        default="run",
+        choices=["run", "check-config", "migrate", "version"],
+        help="run (default), check-config, migrate or version",
+    )
     parser.add_argument("-c", "--config", type=Path, help="TOML configuration file")
     parser.add_argument("--data-dir", help="data directory (default ./relay-data)")
     parser.add_argument("--smtp-port", help="SMTP (STARTTLS) port")
     parser.add_argument("--http-port", help="HTTP API port")
     parser.add_argument("--log-level", help="debug, info, warning or error")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override any setting (repeatable)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override any setting (repeatable)",
+    )
     return parser
 
 
@@ -61,7 +70,7 @@ def setup_logging(level: str) -> None:
     if not os.environ.get("JOURNAL_STREAM"):
         fmt = "%(asctime)s " + fmt
     logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
-    for noisy in ("mail.log", "uvicorn.error", "apscheduler", "aiosmtplib"):
+    for noisy in ("mail.log", "uvicorn.error", "apscheduler", "aiosmtplib", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
@@ -113,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     from daemon.server import Server
 
     try:
-        asyncio.run(Server(config, reload=build).run(), loop_factory=_loop_factory())
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(Server(config, reload=build).run())
     except OSError as exc:
         return _fail(f"cannot start: {exc}", 1)
     except KeyboardInterrupt:

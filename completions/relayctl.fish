@@ -1,0 +1,1 @@
+complete --command relayctl --no-files --arguments "(env _RELAYCTL_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) relayctl)" --condition "env _RELAYCTL_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) relayctl"

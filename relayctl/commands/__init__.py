@@ -1,0 +1,1 @@
+"""relayctl's command groups, one module each; ``relayctl.main`` wires them."""

@@ -1,0 +1,70 @@
+"""relayctl's root: global options and the wiring of command groups (nothing else)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from relayctl.commands import queue, send, version
+from relayctl.context import EXIT_CODES_HELP, CliContext
+
+app = typer.Typer(
+    name="relayctl",
+    help="Operate a Relay daemon (relayd) over its HTTP API.",
+    epilog=EXIT_CODES_HELP,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url",
+            envvar="RELAY_URL",
+            help="relayd's HTTP URL.",
+            show_default="http://127.0.0.1:8080",
+        ),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar="RELAY_TOKEN",
+            help="API token (default: the admin.token relayd wrote in $RELAY_DATA_DIR or "
+            "./relay-data on this host).",
+            show_default=False,
+        ),
+    ] = None,
+    workspace: Annotated[
+        str | None, typer.Option("--workspace", help="Workspace id sent as X-Workspace-ID.")
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Machine-readable JSON output on stdout.")
+    ] = False,
+) -> None:
+    """Operate a Relay daemon (relayd) over its HTTP API."""
+    ctx.obj = CliContext(url=url, token=token, workspace=workspace, json_output=json_output)
+
+
+app.command("send")(send.send)
+app.add_typer(queue.app)
+app.command("version")(version.version)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app(prog_name="relayctl")
+    except BrokenPipeError:
+        # `relayctl queue ls | head`: the reader left; exit quietly, without a traceback.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(1)
