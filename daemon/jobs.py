@@ -42,4 +42,3 @@ class Jobs:
     def stop(self) -> None:
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
-

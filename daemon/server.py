@@ -166,8 +166,11 @@ class Server:
         restart = [
             key
             for key, old, new in (
-                ("smtp.host/port", (self.config.smtp.host, self.config.smtp.port),
-                 (config.smtp.host, config.smtp.port)),
+                (
+                    "smtp.host/port",
+                    (self.config.smtp.host, self.config.smtp.port),
+                    (config.smtp.host, config.smtp.port),
+                ),
                 ("smtp.tls_port", self.config.smtp.tls_port, config.smtp.tls_port),
                 ("http", self.config.http, config.http),
                 ("database.url", self.config.database_url, config.database_url),
@@ -178,7 +181,10 @@ class Server:
         self.config = config
         self.service.reconfigure(config)
         logging.getLogger().setLevel(config.log_level.upper())
-        log.info("configuration reloaded%s", f"; restart needed for {', '.join(restart)}" if restart else "")
+        log.info(
+            "configuration reloaded%s",
+            f"; restart needed for {', '.join(restart)}" if restart else "",
+        )
 
     async def stop(self) -> None:
         """Stop accepting, drain deliveries within the grace, release leases, close the store."""

@@ -23,22 +23,29 @@ def alembic_config() -> AlembicConfig:
 
 
 def head_revision() -> str | None:
-    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+    """The head revisions, comma-joined (feature branches each have their own head)."""
+    heads = ScriptDirectory.from_config(alembic_config()).get_heads()
+    return ",".join(sorted(heads)) or None
+
+
+def _current(conn: sa.Connection) -> str | None:
+    heads = MigrationContext.configure(conn).get_current_heads()
+    return ",".join(sorted(heads)) or None
 
 
 def current_revision(engine: Engine) -> str | None:
     with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        return _current(conn)
 
 
 def upgrade(engine: Engine) -> tuple[str | None, str | None]:
-    """Bring the schema to head; returns (revision before, revision after)."""
+    """Bring the schema to every head; returns (revisions before, revisions after)."""
     cfg = alembic_config()
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
-        before = MigrationContext.configure(conn).get_current_revision()
+        before = _current(conn)
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
-        after = MigrationContext.configure(conn).get_current_revision()
+        command.upgrade(cfg, "heads")
+        after = _current(conn)
     return before, after

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from daemon.store.models import metadata
+from daemon.store.schema import metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:  # pragma: no cover - only via `alembic` CLI with a URL

@@ -1,0 +1,130 @@
+"""Reading JSON request bodies field by field, with errors that name the field.
+
+Shared by every resource that takes a JSON body: unknown fields and wrong types
+are INVALID_REQUEST, absent required ones MISSING_REQUIRED_FIELD, bad addresses
+INVALID_EMAIL_FORMAT (syntax only, through email-validator; no DNS).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from email_validator import EmailNotValidError, validate_email
+
+from daemon.api.errors import ApiError
+from daemon.core.compose import Mailbox
+
+MAX_JSON_FIELD = 65536  # serialised bytes of a free-form object (metadata, variables)
+
+
+def invalid(field_name: str, message: str) -> ApiError:
+    return ApiError("INVALID_REQUEST", message, {"field": field_name})
+
+
+def missing(field_name: str, message: str | None = None) -> ApiError:
+    return ApiError(
+        "MISSING_REQUIRED_FIELD", message or f"{field_name} is required", {"field": field_name}
+    )
+
+
+def parse_json(body: bytes) -> Any:
+    """Decode a JSON body; NaN/Infinity, bad UTF-8 and absurd nesting are INVALID_REQUEST."""
+
+    def refuse_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not valid JSON")
+
+    try:
+        return json.loads(body, parse_constant=refuse_constant)
+    except (ValueError, RecursionError) as exc:
+        message = str(exc) if isinstance(exc, ValueError) else "nested too deeply"
+        raise ApiError("INVALID_REQUEST", f"Malformed JSON body: {message}") from None
+
+
+def check_text(value: Any, path: str = "") -> None:
+    """Refuse NUL and lone surrogates anywhere: neither survives email nor PostgreSQL."""
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            texts = [item]
+        elif isinstance(item, dict):
+            texts = list(item)
+            stack.extend((v, f"{where}.{k}" if where else str(k)) for k, v in item.items())
+        elif isinstance(item, list):
+            texts = []
+            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(item))
+        else:
+            continue
+        for text in texts:
+            if "\x00" in text:
+                raise invalid(where or "body", "strings must not contain NUL characters")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise invalid(where or "body", "strings must be valid Unicode") from None
+
+
+def mailbox(value: str, field_name: str) -> Mailbox:
+    """One address, optionally ``Name <addr>``; syntax checks only, no DNS."""
+    try:
+        result = validate_email(
+            value,
+            check_deliverability=False,
+            allow_display_name=True,
+            allow_smtputf8=False,
+            test_environment=True,
+        )
+    except EmailNotValidError as exc:
+        raise ApiError(
+            "INVALID_EMAIL_FORMAT",
+            f"{field_name}: {exc}",
+            {"field": field_name, "value": value[:320]},
+        ) from None
+    return Mailbox(
+        address=result.ascii_email or result.normalized, display_name=result.display_name or ""
+    )
+
+
+def string_field(
+    body: dict[str, Any], key: str, max_length: int | None = None, path: str = ""
+) -> str | None:
+    where = f"{path}.{key}" if path else key
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise invalid(where, f"{where} must be a string")
+    if max_length is not None and len(value) > max_length:
+        raise invalid(where, f"{where} must be at most {max_length} characters")
+    return value
+
+
+def mailboxes_field(body: dict[str, Any], key: str) -> list[Mailbox]:
+    value = body.get(key)
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [value]  # a single address is accepted as a one-item list
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise invalid(key, f"{key} must be a list of email addresses")
+    return [mailbox(v, f"{key}[{i}]") for i, v in enumerate(value)]
+
+
+def object_field(body: dict[str, Any], key: str, allowed: frozenset[str] | None) -> dict[str, Any]:
+    value = body.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise invalid(key, f"{key} must be an object")
+    if allowed is not None:
+        unknown = sorted(set(value) - allowed)
+        if unknown:
+            raise ApiError(
+                "INVALID_REQUEST",
+                f"unknown field(s) in {key}: {', '.join(unknown)}",
+                {"field": key, "unknown_fields": unknown},
+            )
+    elif len(json.dumps(value)) > MAX_JSON_FIELD:
+        raise invalid(key, f"{key} must serialise to at most {MAX_JSON_FIELD} bytes")
+    return value

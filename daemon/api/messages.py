@@ -1,0 +1,309 @@
+"""The message endpoints of reference 2.1: send, list, show, cancel, retry."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.engine import Connection
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from daemon.api.auth import WORKSPACE_ID, Principal, requires_auth, service_of
+from daemon.api.errors import ApiError, iso_utc
+from daemon.api.fields import invalid, parse_json
+from daemon.api.pagination import Page
+from daemon.api.responses import by_method, ok
+from daemon.api.send_request import SendRequest, parse_send_request
+from daemon.api.views import message_detail, message_summary
+from daemon.core.compose import ComposeError, MessageView, compose, read_message, top_headers
+from daemon.core.ids import is_message_id, message_id
+from daemon.core.message import (
+    CANCELLABLE_STATUSES,
+    RETRYABLE_STATUSES,
+    STATUSES,
+    NewMessage,
+    Recipient,
+)
+from daemon.service import NotAccepting, RelayService
+from daemon.store import queue
+
+log = logging.getLogger("relayd.api")
+
+# Parsing and composing a large message takes milliseconds: keep it off the event loop.
+_OFFLOAD_BYTES = 256 * 1024
+
+
+def _hostname(request: Request, service: RelayService) -> str:
+    """The relay's name for Message-IDs: smtp.hostname, else the machine's FQDN (cached)."""
+    if service.config.smtp.hostname:
+        return service.config.smtp.hostname
+    cached: str | None = getattr(request.app.state, "fqdn", None)
+    if cached is None:
+        cached = socket.getfqdn()
+        request.app.state.fqdn = cached
+    return cached
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
+    too_large = ApiError(
+        "MESSAGE_TOO_LARGE", f"the request body exceeds {limit} bytes", {"max_body": limit}
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _new_message(
+    send: SendRequest, raw: bytes, queue_id: str, workspace_id: str, now: datetime
+) -> NewMessage:
+    scheduled = send.send_at is not None and send.send_at > now
+    return NewMessage(
+        id=queue_id,
+        uuid=str(uuid.uuid4()),
+        mail_from=send.mail_from,
+        recipients=[Recipient(address) for address in send.recipients],
+        raw=raw,
+        queued_at=now,
+        next_attempt_at=send.send_at if scheduled and send.send_at else now,
+        workspace_id=workspace_id,
+        campaign_id=send.campaign_id,
+        user_id=send.user_id,
+        source="api",
+        from_header=send.draft.sender.header()[:998],
+        to=send.to,
+        cc=send.cc,
+        bcc=send.bcc,
+        subject=send.draft.subject,
+        headers=top_headers(raw),
+        attachments=[
+            {"filename": a.filename, "content_type": a.content_type, "size": len(a.data)}
+            for a in send.draft.attachments
+        ],
+        metadata=send.metadata,
+        priority=send.priority,
+        status="scheduled" if scheduled else "queued",
+        max_retries=send.max_retries,
+        send_at=send.send_at,
+        personalization=send.personalization,
+    )
+
+
+@requires_auth
+async def send_message(request: Request, principal: Principal) -> Response:
+    """POST /api/messages: compose, store durably, answer 202 with the queue id."""
+    service = service_of(request)
+    if not service.accepting:
+        raise NotAccepting()
+    max_size = service.config.smtp.max_size
+    # JSON and base64 inflate the payload; the composed size is checked exactly below.
+    body = await read_body(request, 2 * max_size + 1024 * 1024)
+    now = service.clock()
+    if len(body) > _OFFLOAD_BYTES:
+        document = await asyncio.to_thread(parse_json, body)
+    else:
+        document = parse_json(body)
+    send = parse_send_request(document, now=now, max_size=max_size)
+    workspace_id = principal.workspace_for(send.workspace_id)
+    max_depth = service.config.queue.max_depth
+    if max_depth and await service.reader.run(queue.pending_depth) >= max_depth:
+        raise ApiError("QUEUE_FULL", f"the queue holds {max_depth} pending messages; try later")
+    queue_id = message_id(int(now.timestamp() * 1000))
+    hostname = _hostname(request, service)
+    try:
+        if len(body) > _OFFLOAD_BYTES:
+            raw = await asyncio.to_thread(
+                compose, send.draft, queue_id=queue_id, hostname=hostname, date=now
+            )
+        else:
+            raw = compose(send.draft, queue_id=queue_id, hostname=hostname, date=now)
+    except ComposeError as exc:
+        raise invalid(exc.field, str(exc)) from None
+    if len(raw) > max_size:
+        raise ApiError(
+            "MESSAGE_TOO_LARGE",
+            f"the message is {len(raw)} bytes; the limit is {max_size}",
+            {"size": len(raw), "max_size": max_size},
+        )
+    message = _new_message(send, raw, queue_id, workspace_id, now)
+    await service.enqueue(message)
+    data = {
+        "message_id": message.id,
+        "status": message.status,
+        "queued_at": iso_utc(message.queued_at),
+        "estimated_send_time": iso_utc(message.next_attempt_at),
+    }
+    return ok(data, status_code=202)
+
+
+def _query_text(request: Request, name: str) -> str | None:
+    value = request.query_params.get(name)
+    if value is None or value == "":
+        return None
+    if len(value) > 512 or any(ord(c) < 32 for c in value):
+        raise ApiError("INVALID_REQUEST", f"{name} is not a valid filter", {"parameter": name})
+    return value
+
+
+def _query_time(request: Request, name: str) -> datetime | None:
+    value = _query_text(request, name)
+    if value is None:
+        return None
+    for candidate in (value, value.replace(" ", "+")):  # a '+' offset arrives as a space
+        try:
+            when = datetime.fromisoformat(candidate)
+            return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+        except (ValueError, OverflowError):
+            continue
+    raise ApiError("INVALID_REQUEST", f"{name} must be an ISO 8601 date", {"parameter": name})
+
+
+def list_filter(request: Request, principal: Principal) -> queue.ListFilter:
+    """The filters of GET /api/messages, confined to the caller's workspace."""
+    status = _query_text(request, "status")
+    if status is not None and status not in STATUSES:
+        raise ApiError(
+            "INVALID_REQUEST",
+            f"status must be one of {', '.join(STATUSES)}",
+            {"parameter": "status"},
+        )
+    workspace_id = _query_text(request, "workspace_id")
+    if workspace_id is not None:
+        if not WORKSPACE_ID.match(workspace_id):
+            raise ApiError(
+                "INVALID_REQUEST", "workspace_id is not valid", {"parameter": "workspace_id"}
+            )
+        principal.check_workspace(workspace_id)
+    return queue.ListFilter(
+        status=status,
+        workspace_id=workspace_id or principal.workspace_id,
+        mail_from=_query_text(request, "from"),
+        to=_query_text(request, "to"),
+        date_from=_query_time(request, "date_from"),
+        date_to=_query_time(request, "date_to"),
+    )
+
+
+@requires_auth
+async def list_messages(request: Request, principal: Principal) -> Response:
+    """GET /api/messages: a page of messages, newest first, with 6.4 pagination headers."""
+    service = service_of(request)
+    page = Page.from_query(request.query_params)
+    filters = list_filter(request, principal)
+    rows, total = await service.reader.run(
+        lambda c: queue.list_messages(c, filters, page.limit, page.offset)
+    )
+    data = {"messages": [message_summary(r) for r in rows], "pagination": page.body(total)}
+    return ok(data, headers=page.headers(request, total))
+
+
+def _message_id(request: Request) -> str:
+    value: str = request.path_params["message_id"]
+    if not is_message_id(value):
+        raise ApiError("MESSAGE_NOT_FOUND", f"no message {value[:64]!r}", {"id": value[:64]})
+    return value
+
+
+def _load(conn: Connection, queue_id: str) -> tuple[Any, bytes | None, list[Any], list[Any]]:
+    row = queue.get_message(conn, queue_id)
+    if row is None:
+        return None, None, [], []
+    return (
+        row,
+        queue.get_raw(conn, queue_id),
+        queue.get_recipients(conn, queue_id),
+        queue.get_attempts(conn, queue_id),
+    )
+
+
+def _view(queue_id: str, raw: bytes | None) -> MessageView:
+    if raw is None:
+        return MessageView()
+    try:
+        return read_message(raw)
+    except Exception as exc:  # stored bytes come from anyone; never let them break the view
+        log.warning("cannot parse stored message %s: %s", queue_id, exc)
+        return MessageView()
+
+
+@requires_auth
+async def get_message(request: Request, principal: Principal) -> Response:
+    """GET /api/messages/{id}: the message, its bodies as stored, attempts and recipients."""
+    service = service_of(request)
+    queue_id = _message_id(request)
+    row, raw, recipients, attempts = await service.reader.run(lambda c: _load(c, queue_id))
+    if row is None or (
+        principal.workspace_id is not None and row.workspace_id != principal.workspace_id
+    ):
+        raise ApiError("MESSAGE_NOT_FOUND", f"no message {queue_id}", {"id": queue_id})
+    if raw is not None and len(raw) > _OFFLOAD_BYTES:
+        view = await asyncio.to_thread(_view, queue_id, raw)
+    else:
+        view = _view(queue_id, raw)
+    data = message_detail(row, view, recipients, attempts)
+    return ok(data)
+
+
+def _invalid_state(queue_id: str, status: str, action: str, allowed: tuple[str, ...]) -> ApiError:
+    return ApiError(
+        "INVALID_STATE",
+        f"Message {queue_id} is {status}; only {' or '.join(allowed)} messages can be {action}",
+        {"id": queue_id, "status": status, "allowed_statuses": list(allowed)},
+    )
+
+
+@requires_auth
+async def cancel_message(request: Request, principal: Principal) -> Response:
+    """DELETE /api/messages/{id}: cancel a queued or scheduled message."""
+    service = service_of(request)
+    queue_id = _message_id(request)
+    try:
+        found = await service.cancel(queue_id, principal.workspace_id)
+    except queue.InvalidState as exc:
+        raise _invalid_state(queue_id, exc.status, "cancelled", CANCELLABLE_STATUSES) from None
+    if not found:
+        raise ApiError("MESSAGE_NOT_FOUND", f"no message {queue_id}", {"id": queue_id})
+    return ok(message="Message cancelled successfully")
+
+
+@requires_auth
+async def retry_message(request: Request, principal: Principal) -> Response:
+    """PUT /api/messages/{id}/retry: requeue a failed or auth_error message now."""
+    service = service_of(request)
+    queue_id = _message_id(request)
+    try:
+        result = await service.retry(queue_id, principal.workspace_id)
+    except queue.InvalidState as exc:
+        raise _invalid_state(queue_id, exc.status, "retried", RETRYABLE_STATUSES) from None
+    if result is None:
+        raise ApiError("MESSAGE_NOT_FOUND", f"no message {queue_id}", {"id": queue_id})
+    return ok(result)
+
+
+def routes() -> list[Route]:
+    """The message routes, relative to the mount point (/api or /v1)."""
+    return [
+        Route(
+            "/messages", by_method(GET=list_messages, POST=send_message), methods=["GET", "POST"]
+        ),
+        Route(
+            "/messages/{message_id}",
+            by_method(GET=get_message, DELETE=cancel_message),
+            methods=["GET", "DELETE"],
+        ),
+        Route("/messages/{message_id}/retry", retry_message, methods=["PUT"]),
+    ]

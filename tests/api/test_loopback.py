@@ -1,0 +1,37 @@
+"""The API served by a real relayd on loopback: uvicorn in front, delivery behind."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+
+from tests.api.conftest import AUTH, message
+
+
+async def test_send_over_http_is_delivered_to_the_outbox(relay: Any) -> None:
+    async with httpx.AsyncClient(base_url=relay.base_url, headers=AUTH, timeout=10) as client:
+        health = await client.get("/health")
+        assert health.status_code == 200
+        assert health.headers["X-Request-ID"].startswith("req-")
+        response = await client.post(
+            "/api/messages", json=message(bcc=["hidden@example.net"], subject="over http")
+        )
+        assert response.status_code == 202
+        message_id = response.json()["data"]["message_id"]
+        for _ in range(100):
+            detail = (await client.get(f"/api/messages/{message_id}")).json()["data"]
+            if detail["status"] == "sent":
+                break
+            await asyncio.sleep(0.05)
+        assert detail["status"] == "sent"
+        assert detail["attempts"][0]["outcome"] == "sent"
+        missing = await client.get("/api/nowhere")
+        assert missing.status_code == 404
+        assert missing.json()["error"]["code"] == "ROUTE_NOT_FOUND"
+    delivered = list((relay.data_dir / "outbox").glob("*.eml"))
+    assert len(delivered) == 1
+    raw = delivered[0].read_bytes()
+    assert b"Subject: over http" in raw
+    assert b"hidden@example.net" not in raw
