@@ -1,0 +1,232 @@
+"""The SMTP handler: translates a session into calls on the relay service.
+
+Replies, and why:
+
+- MAIL: ``250 2.1.0 Ok``; a malformed sender ``553 5.1.7``; ``421 4.3.2`` when
+  the daemon is shutting down, or ``421 4.3.2 <message>`` in maintenance mode
+  (new transactions are refused at MAIL; EHLO/NOOP keep answering).
+- RCPT fails closed. A client that neither authenticated nor connects from
+  ``smtp.trusted_networks`` gets ``554 5.7.1 Relay access denied``; with
+  ``smtp.require_auth`` an unauthenticated client gets ``530 5.7.0``. For
+  allowed clients the address policy of :mod:`daemon.core.relay` applies:
+  routing tricks (``%``, ``!``, a second ``@``, also inside a quoted local part)
+  get ``553 5.7.1``, other bad syntax ``553 5.1.3``; source routes are
+  stripped. Otherwise ``250 2.1.5 Ok``.
+- DATA: ``250 2.0.0 Ok: queued as msg-...`` only after the message and its
+  recipients are committed; content refused by :mod:`daemon.core.ingest`
+  gets its 5xx; a failed write ``451 4.3.0``, a full disk ``452 4.3.1``.
+- AUTH PLAIN/LOGIN (offered only over TLS): username = workspace id and
+  password = an API key of that workspace, whose mail then belongs to it
+  whatever X-Workspace-ID says; or the admin token (compared in constant
+  time) with any username, and the message's X-Workspace-ID applies.
+  Failures get ``535 5.7.8``.
+
+One log line per event on ``relayd.smtp``; never a password or a message body.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+from aiosmtpd.smtp import AuthResult, LoginPassword, Session, TLSSetupException
+
+from daemon.config import Config
+from daemon.core.ids import message_id
+from daemon.core.ingest import IngestRejected, Submission, build_message
+from daemon.core.message import Recipient
+from daemon.core.relay import (
+    AddressRejected,
+    IPNetwork,
+    RelayDecision,
+    check_address,
+    parse_networks,
+    relay_decision,
+)
+from daemon.service import MaintenanceMode, NotAccepting, RelayService
+from daemon.smtp.params import MailParams, RcptParams
+from daemon.smtp.protocol import RelayEnvelope, RelaySMTP
+from daemon.store.engine import StoreError
+
+log = logging.getLogger("relayd.smtp")
+
+SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
+
+
+@dataclass(frozen=True)
+class SmtpIdentity:
+    """Who authenticated: the AUTH username and, when the credential owns one, its workspace."""
+
+    username: str
+    workspace_id: str | None = None
+
+
+def peer_ip(session: Session) -> str:
+    """The client's IP address as text ("" when unknown)."""
+    peer = session.peer
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return str(peer or "")
+
+
+class RelayHandler:
+    """aiosmtpd handler: relay permission, address policy, and durable enqueue on DATA."""
+
+    def __init__(self, service: RelayService, hostname: str) -> None:
+        self.service = service
+        self.hostname = hostname
+        self._networks_for: Config | None = None
+        self._networks: tuple[IPNetwork, ...] = ()
+
+    def _trusted_networks(self) -> tuple[IPNetwork, ...]:
+        # The config can change on SIGHUP; parse its networks once per Config object.
+        config = self.service.config
+        if config is not self._networks_for:
+            self._networks = parse_networks(config.smtp.trusted_networks)
+            self._networks_for = config
+        return self._networks
+
+    async def verify_credentials(
+        self, session: Session, mechanism: str, credentials: LoginPassword
+    ) -> AuthResult:
+        """AUTH PLAIN/LOGIN: the admin token, or a workspace API key with its workspace id."""
+        username = credentials.login.decode("utf-8", "replace")
+        password = credentials.password.decode("utf-8", "surrogateescape")
+        token = self.service.admin_token
+        identity: SmtpIdentity | None = None
+        if token and hmac.compare_digest(credentials.password, token.encode()):
+            identity = SmtpIdentity(username=username)
+        elif password:
+            key = await self.service.tenancy.identify_key(password)
+            if key is not None and hmac.compare_digest(
+                key.workspace_id.encode(), credentials.login
+            ):
+                identity = SmtpIdentity(username=username, workspace_id=key.workspace_id)
+        ip = peer_ip(session)
+        if identity is None:
+            log.warning("auth failed user=%r mechanism=%s peer=%s", username, mechanism, ip)
+            return AuthResult(success=False, handled=False)
+        log.info("auth ok user=%r mechanism=%s peer=%s", username, mechanism, ip)
+        return AuthResult(success=True, auth_data=identity)
+
+    async def handle_MAIL(
+        self,
+        server: RelaySMTP,
+        session: Session,
+        envelope: RelayEnvelope,
+        address: str,
+        params: MailParams,
+    ) -> str:
+        if not self.service.accepting:
+            return SHUTTING_DOWN
+        if self.service.maintenance.enabled:
+            log.info("sender refused (maintenance mode) peer=%s", peer_ip(session))
+            return self.service.maintenance.smtp_reply()
+        if address:  # "" is the null reverse path of bounces and DSNs
+            try:
+                address = check_address(address, role="sender")
+            except AddressRejected as exc:
+                log.info("sender refused peer=%s reply=%r", peer_ip(session), exc.reply)
+                return exc.reply
+        envelope.mail_from = address
+        envelope.body = params.body
+        envelope.dsn_ret = params.ret
+        envelope.dsn_envid = params.envid
+        return "250 2.1.0 Ok"
+
+    async def handle_RCPT(
+        self,
+        server: RelaySMTP,
+        session: Session,
+        envelope: RelayEnvelope,
+        address: str,
+        params: RcptParams,
+    ) -> str:
+        config = self.service.config
+        ip = peer_ip(session)
+        decision = relay_decision(
+            ip, bool(session.authenticated), self._trusted_networks(), config.smtp.require_auth
+        )
+        if decision is RelayDecision.AUTH_REQUIRED:
+            log.info("rcpt refused (auth required) peer=%s to=<%s>", ip, address)
+            return "530 5.7.0 Authentication required"
+        if decision is not RelayDecision.ALLOWED:
+            log.info("relay denied peer=%s to=<%s>", ip, address)
+            return "554 5.7.1 Relay access denied"
+        try:
+            final = check_address(address)
+        except AddressRejected as exc:
+            log.info("rcpt refused peer=%s reply=%r", ip, exc.reply)
+            return exc.reply
+        if final.lower() not in (r.address.lower() for r in envelope.recipients):
+            envelope.recipients.append(Recipient(final, params.notify, params.orcpt))
+            envelope.rcpt_tos.append(final)
+        return "250 2.1.5 Ok"
+
+    async def handle_DATA(
+        self, server: RelaySMTP, session: Session, envelope: RelayEnvelope
+    ) -> str:
+        if not self.service.accepting:
+            return SHUTTING_DOWN
+        started = time.monotonic()
+        config = self.service.config
+        now = self.service.clock()
+        identity = session.auth_data if isinstance(session.auth_data, SmtpIdentity) else None
+        submission = Submission(
+            mail_from=envelope.mail_from or "",
+            recipients=tuple(envelope.recipients),
+            peer_ip=peer_ip(session),
+            helo=session.host_name or "",
+            tls=server.tls_active,
+            authenticated=bool(session.authenticated),
+            auth_workspace=identity.workspace_id if identity else None,
+            dsn_ret=envelope.dsn_ret,
+            dsn_envid=envelope.dsn_envid,
+        )
+        try:
+            message = build_message(
+                envelope.original_content or b"",
+                submission,
+                message_id=message_id(int(now.timestamp() * 1000)),
+                uuid=str(uuid.uuid4()),
+                now=now,
+                hostname=self.hostname,
+                bare_newline=config.smtp.bare_newline,
+            )
+        except IngestRejected as exc:
+            log.info("message refused peer=%s reply=%r", submission.peer_ip, exc.reply)
+            return exc.reply
+        try:
+            await self.service.enqueue(message)
+        except MaintenanceMode as exc:
+            return exc.state.smtp_reply()
+        except NotAccepting:
+            return SHUTTING_DOWN
+        except StoreError as exc:
+            if exc.disk_full:
+                log.warning("message refused, disk full peer=%s", submission.peer_ip)
+                return "452 4.3.1 Insufficient system storage, try again later"
+            log.warning("message refused, store error (%s) peer=%s", exc, submission.peer_ip)
+            return "451 4.3.0 Local error in processing, try again later"
+        log.info(
+            "queued %s from=<%s> rcpts=%d size=%d peer=%s workspace=%s",
+            message.id,
+            message.mail_from,
+            len(message.recipients),
+            len(message.raw),
+            submission.peer_ip,
+            message.workspace_id,
+        )
+        self.service.metrics.smtp_transaction(time.monotonic() - started)
+        return f"250 2.0.0 Ok: queued as {message.id}"
+
+    async def handle_exception(self, error: Exception) -> str:
+        """Unexpected errors end the command with a 451, never a traceback to the client."""
+        if isinstance(error, TLSSetupException):
+            log.info("TLS handshake failed: %s", error.__cause__ or error)
+            return "454 4.7.0 TLS not available due to temporary reason"
+        log.exception("unexpected error in SMTP session")
+        return "451 4.3.0 Local error in processing, try again later"

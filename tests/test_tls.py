@@ -1,0 +1,90 @@
+"""The SMTP certificate: generated once into data_dir, or the configured pair, checked at start."""
+
+from __future__ import annotations
+
+import ipaddress
+import ssl
+import stat
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+
+from daemon.config import ConfigError
+from daemon.tls import ensure_certificate, generate_self_signed, server_ssl_context
+
+NOW = datetime(2025, 6, 1, tzinfo=UTC)
+
+
+def test_generates_a_self_signed_pair_once(make_config: Callable[..., Any]) -> None:
+    config = make_config()
+    cert, key = ensure_certificate(config, NOW)
+    assert (cert, key) == (
+        Path(config.data_dir) / "tls" / "relay.crt",
+        Path(config.data_dir) / "tls" / "relay.key",
+    )
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    parsed = x509.load_pem_x509_certificate(cert.read_bytes())
+    san = parsed.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {"relay.test", "localhost"} <= set(san.get_values_for_type(x509.DNSName))
+    assert ipaddress.ip_address("127.0.0.1") in san.get_values_for_type(x509.IPAddress)
+    assert parsed.not_valid_before_utc <= NOW < parsed.not_valid_after_utc
+
+    first = cert.read_bytes(), key.read_bytes()
+    assert ensure_certificate(config, NOW + timedelta(days=30)) == (cert, key)
+    assert (cert.read_bytes(), key.read_bytes()) == first
+
+
+def test_renews_a_certificate_near_expiry(make_config: Callable[..., Any]) -> None:
+    config = make_config()
+    cert, _ = ensure_certificate(config, NOW)
+    before = cert.read_bytes()
+    ensure_certificate(config, NOW + timedelta(days=3640))
+    assert cert.read_bytes() != before
+
+
+def test_regenerates_an_unreadable_generated_certificate(make_config: Callable[..., Any]) -> None:
+    config = make_config()
+    cert, key = ensure_certificate(config, NOW)
+    cert.write_text("garbage")
+    ensure_certificate(config, NOW)
+    server_ssl_context(cert, key)  # loads again
+
+
+def test_configured_pair_is_used(make_config: Callable[..., Any], tmp_path: Path) -> None:
+    cert, key = tmp_path / "mine.crt", tmp_path / "mine.key"
+    generate_self_signed(cert, key, "mail.example.org", NOW)
+    config = make_config(smtp={"tls_cert": str(cert), "tls_key": str(key)})
+    assert ensure_certificate(config) == (cert, key)
+    assert not (Path(config.data_dir) / "tls").exists()
+    assert isinstance(server_ssl_context(cert, key), ssl.SSLContext)
+
+
+def test_invalid_configured_certificate_names_the_key(
+    make_config: Callable[..., Any], tmp_path: Path
+) -> None:
+    cert, key = tmp_path / "bad.crt", tmp_path / "bad.key"
+    cert.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    key.write_text("nope\n")
+    config = make_config(smtp={"tls_cert": str(cert), "tls_key": str(key)})
+    with pytest.raises(ConfigError) as info:
+        ensure_certificate(config)
+    assert info.value.key == "smtp.tls_cert"
+    assert "cannot load certificate" in info.value.problem
+
+
+def test_mismatched_key_is_refused(tmp_path: Path) -> None:
+    generate_self_signed(tmp_path / "a.crt", tmp_path / "a.key", "a.example", NOW)
+    generate_self_signed(tmp_path / "b.crt", tmp_path / "b.key", "b.example", NOW)
+    with pytest.raises(ConfigError) as info:
+        server_ssl_context(tmp_path / "a.crt", tmp_path / "b.key")
+    assert info.value.key == "smtp.tls_cert"
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        server_ssl_context(tmp_path / "absent.crt", tmp_path / "absent.key")
+    assert "does not exist" in info.value.problem
