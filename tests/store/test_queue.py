@@ -194,3 +194,27 @@ async def test_group_commit_batches_concurrent_writes(engine: Engine) -> None:
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(messages)).scalar() == 101
         assert conn.execute(sa.select(sa.func.count()).select_from(delivery_attempts)).scalar() == 0
+
+
+async def test_batched_writes_share_one_call_per_commit(engine: Engine) -> None:
+    committer = Committer(engine)
+    await committer.start()
+    calls: list[int] = []
+
+    def insert_all(conn: sa.Connection, batch: list[NewMessage]) -> list[str]:
+        calls.append(len(batch))
+        queue.insert_messages(conn, batch)
+        return [m.id for m in batch]
+
+    batch = [new_message() for _ in range(60)]
+    ids = await asyncio.gather(*(committer.run_batched(insert_all, m) for m in batch))
+    assert ids == [m.id for m in batch]
+    assert sum(calls) == 60 and len(calls) < 60
+    # A failing item (duplicate id) fails alone; its neighbours commit.
+    results = await asyncio.gather(
+        committer.run_batched(insert_all, batch[0]),
+        committer.run_batched(insert_all, new_message()),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], Exception) and isinstance(results[1], str)
+    await committer.close()

@@ -1,0 +1,135 @@
+"""The one small async interface every delivery provider implements."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from daemon.core.message import ClaimedMessage, Recipient
+from daemon.core.retry import AUTH_ERROR, KINDS, PERMANENT, SENT, TEMPORARY
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What a provider needs to deliver one message to some of its recipients."""
+
+    id: str
+    mail_from: str
+    recipients: Sequence[Recipient]
+    raw: bytes
+    dsn_ret: str | None = None
+    dsn_envid: str | None = None
+
+    @classmethod
+    def of(cls, message: ClaimedMessage, recipients: Sequence[Recipient] | None = None) -> Envelope:
+        """The envelope of a claimed message, optionally for a subset of its recipients."""
+        return cls(
+            id=message.id,
+            mail_from=message.mail_from,
+            recipients=list(message.recipients if recipients is None else recipients),
+            raw=message.raw,
+            dsn_ret=message.dsn_ret,
+            dsn_envid=message.dsn_envid,
+        )
+
+
+@dataclass(frozen=True)
+class RecipientResult:
+    """What happened to one recipient: sent, temporary, permanent or auth_error."""
+
+    address: str
+    outcome: str
+    code: int | None = None
+    reply: str = ""
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    """The result of one ``send``: overall outcome plus one entry per recipient.
+
+    ``outcome`` is ``sent`` when at least one recipient was accepted; the
+    per-recipient results then say which ones were refused (a partial delivery).
+    """
+
+    outcome: str
+    recipients: tuple[RecipientResult, ...]
+    code: int | None = None
+    reply: str = ""
+    provider_message_id: str | None = None
+    remote: str | None = None  # the remote host, for the DSN's Remote-MTA field
+    dsn_relayed: bool = False  # the next hop took over the RFC 3461 DSN parameters
+
+    def __post_init__(self) -> None:
+        if self.outcome not in KINDS:
+            raise ValueError(f"unknown delivery outcome {self.outcome!r}")
+
+    @classmethod
+    def uniform(
+        cls,
+        outcome: str,
+        recipients: Sequence[Recipient],
+        code: int | None = None,
+        reply: str = "",
+        provider_message_id: str | None = None,
+        remote: str | None = None,
+    ) -> DeliveryResult:
+        """The same outcome for every recipient (APIs and whole-transaction failures)."""
+        return cls(
+            outcome=outcome,
+            recipients=tuple(RecipientResult(r.address, outcome, code, reply) for r in recipients),
+            code=code,
+            reply=reply,
+            provider_message_id=provider_message_id,
+            remote=remote,
+        )
+
+    def by_outcome(self, outcome: str) -> list[RecipientResult]:
+        return [r for r in self.recipients if r.outcome == outcome]
+
+
+@dataclass(frozen=True)
+class HealthResult:
+    """A provider's cheap health check: healthy or not, how long it took, and why not."""
+
+    healthy: bool
+    latency_ms: int
+    detail: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        return "healthy" if self.healthy else "unhealthy"
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """A delivery provider: one instance per ``[providers.<id>]`` section."""
+
+    id: str
+    type: str
+
+    async def send(self, envelope: Envelope) -> DeliveryResult:
+        """Hand the message to the provider; never raises for delivery failures."""
+        ...
+
+    async def check(self) -> HealthResult:
+        """A cheap check that the provider is reachable and accepts our credentials."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections and other resources."""
+        ...
+
+
+__all__ = [
+    "AUTH_ERROR",
+    "PERMANENT",
+    "SENT",
+    "TEMPORARY",
+    "DeliveryResult",
+    "Envelope",
+    "HealthResult",
+    "Provider",
+    "RecipientResult",
+]

@@ -1,0 +1,66 @@
+"""Provider order: workspace providers first, priority, weighted split."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+from daemon.config import ProviderConfig
+from daemon.core.routing import candidates, order_providers
+
+
+def pc(pid: str, priority: int = 1, weight: int = 100, **kw: object) -> ProviderConfig:
+    return ProviderConfig(id=pid, type="outbox", priority=priority, weight=weight, **kw)  # type: ignore[arg-type]
+
+
+def test_lower_priority_number_first() -> None:
+    providers = [pc("c", 3), pc("a", 1), pc("b", 2)]
+    assert order_providers(providers, "ws", random.Random(1)) == ["a", "b", "c"]
+
+
+def test_disabled_providers_are_skipped() -> None:
+    providers = [pc("a", 1, enabled=False), pc("b", 2)]
+    assert order_providers(providers, "ws", random.Random(1)) == ["b"]
+
+
+def test_workspace_providers_replace_global_ones() -> None:
+    providers = [
+        pc("global", 1),
+        pc("mine", 5, workspace_id="ws-1"),
+        pc("theirs", workspace_id="ws-2"),
+    ]
+    assert order_providers(providers, "ws-1", random.Random(1)) == ["mine"]
+    assert order_providers(providers, "ws-3", random.Random(1)) == ["global"]
+    # A workspace whose own providers are all disabled falls back to the global ones.
+    disabled = [pc("global"), pc("mine", workspace_id="ws-1", enabled=False)]
+    assert [p.id for p in candidates(disabled, "ws-1")] == ["global"]
+
+
+def test_weighted_split_within_a_priority() -> None:
+    providers = [pc("big", 1, 70), pc("small", 1, 30), pc("backup", 2)]
+    rng = random.Random(42)
+    firsts = Counter()
+    for _ in range(10_000):
+        order = order_providers(providers, "ws", rng)
+        assert order[2] == "backup"
+        assert sorted(order[:2]) == ["big", "small"]
+        firsts[order[0]] += 1
+    assert 6700 < firsts["big"] < 7300
+
+
+def test_zero_weight_is_a_last_resort_within_its_priority() -> None:
+    providers = [pc("spare", 1, 0), pc("main", 1, 1)]
+    for seed in range(20):
+        assert order_providers(providers, "ws", random.Random(seed)) == ["main", "spare"]
+
+
+def test_only_available_providers() -> None:
+    providers = [pc("a", 1), pc("b", 2)]
+    assert order_providers(providers, "ws", random.Random(1), available={"b"}) == ["b"]
+
+
+def test_same_seed_same_order() -> None:
+    providers = [pc(str(i), 1, 10 + i) for i in range(6)]
+    assert order_providers(providers, "ws", random.Random(9)) == order_providers(
+        providers, "ws", random.Random(9)
+    )

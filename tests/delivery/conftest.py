@@ -1,0 +1,90 @@
+"""Fixtures for delivery tests: a started RelayService per test, message builders, waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import Engine
+
+from daemon.core.ids import message_id
+from daemon.core.message import NewMessage, Recipient
+from daemon.service import RelayService
+from daemon.store import queue
+
+RAW = b"From: a@example.com\r\nTo: b@example.org\r\nSubject: hi\r\n\r\nhello\r\n"
+
+ServiceFactory = Callable[..., Awaitable[RelayService]]
+
+
+def new_message(
+    rcpts: tuple[str, ...] = ("b@example.org",),
+    *,
+    mail_from: str = "a@example.com",
+    raw: bytes = RAW,
+    delay: float = 0.0,
+    notify: str | None = None,
+    **kw: Any,
+) -> NewMessage:
+    now = datetime.now(UTC)
+    return NewMessage(
+        id=message_id(int(now.timestamp() * 1000)),
+        uuid=str(uuid.uuid4()),
+        mail_from=mail_from,
+        recipients=[Recipient(r, notify, None) for r in rcpts],
+        raw=raw,
+        queued_at=now,
+        next_attempt_at=now + timedelta(seconds=delay),
+        subject="hi",
+        **kw,
+    )
+
+
+@pytest.fixture
+async def make_service(
+    engine: Engine, db_url: str, make_config: Callable[..., Any]
+) -> AsyncIterator[ServiceFactory]:
+    """``await make_service(queue={...}, providers={...})``: a started service on the test DB."""
+    started: list[RelayService] = []
+
+    async def factory(eng: Engine | None = None, **sections: Any) -> RelayService:
+        service = RelayService(make_config(db_url, **sections), eng or engine)
+        await service.start()
+        started.append(service)
+        return service
+
+    yield factory
+    for service in reversed(started):
+        await service.close()
+
+
+async def wait_status(
+    engine: Engine, message_id: str, *statuses: str, timeout: float = 10.0
+) -> Any:
+    """Poll until the message reaches one of ``statuses``; return its row."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    row = None
+    while loop.time() < deadline:
+        with engine.connect() as conn:
+            row = queue.get_message(conn, message_id)
+        if row is not None and row.status in statuses:
+            return row
+        await asyncio.sleep(0.02)
+    raise AssertionError(
+        f"{message_id} is {row.status if row else 'missing'}, wanted one of {statuses}"
+    )
+
+
+def attempts(engine: Engine, mid: str) -> list[Any]:
+    with engine.connect() as conn:
+        return queue.get_attempts(conn, mid)
+
+
+def recipients(engine: Engine, mid: str) -> dict[str, tuple[str, str | None]]:
+    with engine.connect() as conn:
+        return {r.address: (r.status, r.error) for r in queue.get_recipients(conn, mid)}
