@@ -14,10 +14,11 @@ Example::
 from __future__ import annotations
 
 import base64
+import json
 import mimetypes
 import os
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +29,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from relayctl import __version__
+from relayctl.endpoints import Endpoints
 from relayctl.errors import (
     ApiError,
     AuthError,
@@ -52,6 +54,8 @@ __all__ = [
 ]
 
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+# A live stream may stay quiet between events; only connecting is bounded tightly.
+_STREAM_TIMEOUT = httpx.Timeout(60.0, connect=5.0)
 
 JSON = dict[str, Any]
 
@@ -94,7 +98,7 @@ class Attachment:
 AttachmentLike = Attachment | Mapping[str, Any] | str | os.PathLike[str]
 
 
-class Client:
+class Client(Endpoints):
     """A synchronous client of one relayd.
 
     ``api_key`` defaults to ``RELAY_TOKEN``, then to the admin token file a daemon on this
@@ -234,6 +238,37 @@ class Client:
         payload = self._request("GET", "/health", also_ok=(503,))
         data = payload.get("data")
         return data if isinstance(data, dict) else payload
+
+    def events(self, path: str = "/api/stats/realtime") -> Iterator[tuple[str, JSON]]:
+        """Server-Sent Events from ``path`` as ``(event, data)`` pairs, until the stream ends."""
+        try:
+            with self._http.stream(
+                "GET", path, headers={"Accept": "text/event-stream"}, timeout=_STREAM_TIMEOUT
+            ) as response:
+                if not response.is_success:
+                    response.read()
+                    try:
+                        payload = response.json()
+                    except ValueError:
+                        payload = None
+                    raise _response_error(response, payload)
+                event, lines = "message", []
+                for line in response.iter_lines():
+                    if line.startswith("event:"):
+                        event = line[6:].strip()
+                    elif line.startswith("data:"):
+                        lines.append(line[5:].strip())
+                    elif not line and lines:
+                        try:
+                            data = json.loads("\n".join(lines))
+                        except ValueError:
+                            data = {"raw": "\n".join(lines)}
+                        yield event, data if isinstance(data, dict) else {"value": data}
+                        event, lines = "message", []
+        except httpx.TimeoutException as exc:
+            raise UnreachableError(self.base_url, "timed out") from exc
+        except httpx.TransportError as exc:
+            raise UnreachableError(self.base_url, _transport_reason(exc)) from exc
 
     # -- transport --------------------------------------------------------------------------
 

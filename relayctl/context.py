@@ -21,6 +21,7 @@ from relayctl.errors import (
     UnreachableError,
 )
 from relayctl.output import Output
+from relayctl.profiles import ProfileError, active_profile
 
 
 class ExitCode(IntEnum):
@@ -57,11 +58,25 @@ class CliContext:
     token: str | None = None
     workspace: str | None = None
     json_output: bool = False
+    profile: str | None = None
 
     def client(self) -> Client:
-        """A client for the selected daemon; a malformed URL is a usage error."""
+        """A client for the selected daemon; a malformed URL is a usage error.
+
+        Flags and RELAY_URL/RELAY_TOKEN win over the profile (``--profile``, else the
+        current one), which wins over the defaults.
+        """
+        url, token, workspace = self.url, self.token, self.workspace
         try:
-            return Client(api_key=self.token, workspace_id=self.workspace, base_url=self.url)
+            profile = active_profile(self.profile)
+        except ProfileError as exc:
+            exit_with(f"relayctl: {exc}", ExitCode.USAGE)
+        if profile is not None:
+            url = url or profile.url
+            token = token or profile.token
+            workspace = workspace or profile.workspace
+        try:
+            return Client(api_key=token, workspace_id=workspace, base_url=url)
         except ConfigurationError as exc:
             exit_with(f"relayctl: {exc.message} (set --url or RELAY_URL)", ExitCode.USAGE)
 

@@ -8,7 +8,22 @@ from typing import Annotated
 
 import typer
 
-from relayctl.commands import queue, send, version
+from relayctl.commands import (
+    campaigns,
+    cleanup,
+    config,
+    keys,
+    limits,
+    maintenance,
+    profile,
+    providers,
+    queue,
+    recipients,
+    send,
+    stats,
+    top,
+    version,
+)
 from relayctl.context import EXIT_CODES_HELP, CliContext
 
 app = typer.Typer(
@@ -46,16 +61,41 @@ def root(
     workspace: Annotated[
         str | None, typer.Option("--workspace", help="Workspace id sent as X-Workspace-ID.")
     ] = None,
+    profile_name: Annotated[
+        str | None,
+        typer.Option(
+            "--profile",
+            envvar="RELAY_PROFILE",
+            help="Profile from ~/.config/relayctl/config.toml (default: the current one).",
+        ),
+    ] = None,
     json_output: Annotated[
         bool, typer.Option("--json", help="Machine-readable JSON output on stdout.")
     ] = False,
 ) -> None:
     """Operate a Relay daemon (relayd) over its HTTP API."""
-    ctx.obj = CliContext(url=url, token=token, workspace=workspace, json_output=json_output)
+    ctx.obj = CliContext(
+        url=url,
+        token=token,
+        workspace=workspace,
+        json_output=json_output,
+        profile=profile_name,
+    )
 
 
 app.command("send")(send.send)
 app.add_typer(queue.app)
+app.add_typer(recipients.app)
+app.add_typer(campaigns.app)
+app.command("stats")(stats.stats)
+app.command("top")(top.top)
+app.command("rate-limit")(limits.rate_limit)
+app.add_typer(providers.app)
+app.add_typer(config.app)
+app.add_typer(maintenance.app)
+app.command("cleanup")(cleanup.cleanup)
+app.add_typer(keys.app)
+app.add_typer(profile.app)
 app.command("version")(version.version)
 
 

@@ -23,7 +23,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_port(
+    port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -51,8 +53,7 @@ class Daemon:
             f'hostname = "relay.test"\n'
             f"[http]\nport = {self.http_port}\n"
             '[queue]\nprocess_interval = "1s"\nretry_base = "1s"\nretry_max = "2s"\n'
-            'lease = "5s"\nshutdown_grace = "5s"\n'
-            + extra_toml
+            'lease = "5s"\nshutdown_grace = "5s"\n' + extra_toml
         )
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = workdir / "relayd.log"

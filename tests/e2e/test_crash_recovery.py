@@ -1,4 +1,4 @@
-"""kill -9 in the middle of an SMTP load: every message that got a 250 is delivered after restart."""
+"""kill -9 under SMTP load: every message that got a 250 is delivered after restart."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import smtplib
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -36,7 +35,9 @@ class CountingSink:
         return "250 2.0.0 Ok"
 
 
-def send_load(port: int, start: int, count: int, acked: dict[int, str], stop: threading.Event) -> None:
+def send_load(
+    port: int, start: int, count: int, acked: dict[int, str], stop: threading.Event
+) -> None:
     """One client connection sending messages until told to stop or the server dies."""
     seq = start
     try:
@@ -75,7 +76,9 @@ def test_kill9_under_load_loses_nothing_acknowledged(
         acked: dict[int, str] = {}
         stop = threading.Event()
         clients = [
-            threading.Thread(target=send_load, args=(daemon.smtp_port, i * 100000, 5000, acked, stop))
+            threading.Thread(
+                target=send_load, args=(daemon.smtp_port, i * 100000, 5000, acked, stop)
+            )
             for i in range(4)
         ]
         for client in clients:

@@ -18,8 +18,16 @@ from relayctl.main import app
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
     """No RELAY_* variables from the developer's shell, and a cwd with no ./relay-data."""
-    for name in ("RELAY_URL", "RELAY_TOKEN", "RELAY_DATA_DIR", "RELAY_ADMIN_TOKEN"):
+    for name in (
+        "RELAY_URL",
+        "RELAY_TOKEN",
+        "RELAY_DATA_DIR",
+        "RELAY_ADMIN_TOKEN",
+        "RELAY_PROFILE",
+    ):
         monkeypatch.delenv(name, raising=False)
+    # Profiles come from a file of the test's own, never the developer's.
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
@@ -49,9 +57,11 @@ class Cli:
         return await asyncio.to_thread(run, [*prefix, *args], env)
 
 
-def run(args: list[str], env: dict[str, str] | None = None) -> Result:
+def run(args: list[str], env: dict[str, str] | None = None, stdin: str | None = None) -> Result:
     """relayctl with ``args``, synchronously; exceptions surface as test errors."""
-    return CliRunner().invoke(app, args, env=env, prog_name="relayctl", catch_exceptions=False)
+    return CliRunner().invoke(
+        app, args, input=stdin, env=env, prog_name="relayctl", catch_exceptions=False
+    )
 
 
 @pytest.fixture

@@ -1,0 +1,96 @@
+"""Row-by-row operations (CSV send, CSV import): a progress bar, per-row errors, a summary.
+
+Each row is one API call, so a refused row is refused whole and the others go on;
+only losing the daemon (unreachable, token refused) stops the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from relayctl.errors import AuthError, RelayError, UnreachableError
+from relayctl.output import Output
+
+
+@dataclass(frozen=True)
+class RowResult:
+    """What happened to one row (numbered from 2: line 1 is the CSV header)."""
+
+    row: int
+    key: str
+    ok: bool
+    detail: str
+    code: str | None = None
+
+    def to_json(self, ok_field: str) -> dict[str, Any]:
+        if self.ok:
+            return {"row": self.row, "email": self.key, ok_field: self.detail}
+        return {"row": self.row, "email": self.key, "error": self.detail, "code": self.code}
+
+
+def run_rows(
+    out: Output,
+    label: str,
+    rows: Sequence[dict[str, str]],
+    action: Callable[[dict[str, str]], str],
+) -> list[RowResult]:
+    """Apply ``action`` to every row; its return value is the row's detail (an id...)."""
+    results: list[RowResult] = []
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=out.err_console,
+        transient=True,
+        disable=not out.err_console.is_terminal,
+    )
+    with progress:
+        task = progress.add_task(label, total=len(rows))
+        for number, row in enumerate(rows, start=2):
+            key = row.get("email", "")
+            try:
+                results.append(RowResult(number, key, True, action(row)))
+            except (UnreachableError, AuthError):
+                raise  # nothing else will work either
+            except RelayError as exc:
+                results.append(RowResult(number, key, False, exc.message, exc.code))
+            progress.advance(task)
+    return results
+
+
+def summarize(
+    out: Output, results: Sequence[RowResult], ok_word: str, bad_word: str, ok_field: str
+) -> int:
+    """Print the summary (or JSON) and return the exit code: 0 all, 6 some, 1 none."""
+    good = [r for r in results if r.ok]
+    bad = [r for r in results if not r.ok]
+    if out.json_mode:
+        out.json(
+            {
+                ok_word: len(good),
+                bad_word: len(bad),
+                "results": [r.to_json(ok_field) for r in results],
+            }
+        )
+    else:
+        if bad:
+            out.table(
+                ("ROW", "EMAIL", "CODE", "ERROR"),
+                [(r.row, r.key, r.code, r.detail) for r in bad],
+                title=f"{bad_word.capitalize()} rows",
+                status_column=None,
+            )
+            out.blank()
+        out.table(
+            ("OUTCOME", "COUNT"),
+            [(ok_word, len(good)), (bad_word, len(bad))],
+            status_column=None,
+        )
+    if not bad:
+        return 0
+    return 6 if good else 1

@@ -1,0 +1,93 @@
+"""``relayctl profile``: named daemons and tokens in ~/.config/relayctl/config.toml."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from relayctl.context import ExitCode, current, exit_with
+from relayctl.profiles import Profile, ProfileError, ProfileStore
+
+app = typer.Typer(
+    name="profile", help="Connection profiles (url, token, workspace).", no_args_is_help=True
+)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+Name = Annotated[str, typer.Argument(help="Profile name.")]
+
+
+def _store() -> ProfileStore:
+    return ProfileStore()
+
+
+@app.command("add")
+def add(
+    name: Name,
+    url: Annotated[str | None, typer.Option("--url", help="relayd's HTTP URL.")] = None,
+    token: Annotated[
+        str | None,
+        typer.Option("--token", help="API token (stored in the file, mode 0600)."),
+    ] = None,
+    workspace: Annotated[str | None, typer.Option("--workspace", help="Workspace id.")] = None,
+    use: Annotated[bool, typer.Option("--use", help="Make it the current profile.")] = False,
+) -> None:
+    """Add or replace a profile (the file is written with mode 0600)."""
+    if token is None and url is None and workspace is None:
+        exit_with("relayctl: profile add needs --url, --token or --workspace", ExitCode.USAGE)
+    store = _store()
+    try:
+        store.add(Profile(name, url, token, workspace), make_current=use)
+    except (ProfileError, OSError) as exc:
+        exit_with(f"relayctl: {exc}", ExitCode.FAILED)
+    typer.echo(f"profile {name} saved in {store.path}")
+
+
+@app.command("ls")
+def list_profiles(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
+    """List profiles (tokens masked). With --json: {"current", "profiles": {name: {...}}}."""
+    out = current(ctx).output(json_flag)
+    store = _store()
+    try:
+        profiles, selected = store.profiles(), store.current()
+    except ProfileError as exc:
+        exit_with(f"relayctl: {exc}", ExitCode.USAGE)
+    if out.json_mode:
+        out.json(
+            {
+                "current": selected,
+                "profiles": {
+                    n: {"url": p.url, "workspace": p.workspace, "has_token": bool(p.token)}
+                    for n, p in profiles.items()
+                },
+            }
+        )
+        return
+    out.table(
+        ("CURRENT", "NAME", "URL", "WORKSPACE", "TOKEN"),
+        [
+            ("*" if n == selected else "", n, p.url, p.workspace, "set" if p.token else None)
+            for n, p in sorted(profiles.items())
+        ],
+        status_column=None,
+    )
+
+
+@app.command("use")
+def use(name: Name) -> None:
+    """Make a profile the current one."""
+    try:
+        _store().use(name)
+    except ProfileError as exc:
+        exit_with(f"relayctl: {exc}", ExitCode.NOT_FOUND)
+    typer.echo(f"using profile {name}")
+
+
+@app.command("rm")
+def remove(name: Name) -> None:
+    """Delete a profile."""
+    try:
+        _store().remove(name)
+    except ProfileError as exc:
+        exit_with(f"relayctl: {exc}", ExitCode.NOT_FOUND)
+    typer.echo(f"profile {name} removed")

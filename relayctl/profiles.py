@@ -1,0 +1,134 @@
+"""Named connection profiles in ``$XDG_CONFIG_HOME/relayctl/config.toml`` (mode 0600).
+
+The file, as written by ``relayctl profile add``::
+
+    current = "prod"
+
+    [profiles.prod]
+    url = "https://relay.example.com"
+    token = "rly_admin_..."
+    workspace = "ws-001"
+
+It holds tokens, so it is written atomically and readable by its owner only.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+FIELDS = ("url", "token", "workspace")
+
+
+class ProfileError(Exception):
+    """The profile file is unreadable or a profile does not exist."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Where and as whom relayctl connects."""
+
+    name: str
+    url: str | None = None
+    token: str | None = None
+    workspace: str | None = None
+
+
+def config_path(env: Mapping[str, str] | None = None) -> Path:
+    """``$XDG_CONFIG_HOME/relayctl/config.toml``, else ``~/.config/relayctl/config.toml``."""
+    env = os.environ if env is None else env
+    base = env.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "relayctl" / "config.toml"
+
+
+class ProfileStore:
+    """Reads and writes the profile file."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or config_path()
+
+    def load(self) -> dict[str, Any]:
+        """The whole document (empty when the file does not exist)."""
+        try:
+            with self.path.open("rb") as fh:
+                document = tomllib.load(fh)
+        except FileNotFoundError:
+            return {}
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ProfileError(f"cannot read {self.path}: {exc}") from None
+        if not isinstance(document.get("profiles", {}), dict):
+            raise ProfileError(f"{self.path}: [profiles] must be a table")
+        return document
+
+    def save(self, document: Mapping[str, Any]) -> None:
+        """Write atomically with mode 0600 (the file holds tokens)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        temp = self.path.with_name(self.path.name + ".tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            tomli_w.dump(dict(document), fh)
+        os.chmod(temp, 0o600)
+        os.replace(temp, self.path)
+
+    def profiles(self) -> dict[str, Profile]:
+        """Every stored profile by name."""
+        raw = self.load().get("profiles", {})
+        return {
+            name: Profile(name, **{k: v for k, v in fields.items() if k in FIELDS})
+            for name, fields in raw.items()
+            if isinstance(fields, dict)
+        }
+
+    def current(self) -> str | None:
+        """The profile ``relayctl profile use`` selected."""
+        value = self.load().get("current")
+        return value if isinstance(value, str) else None
+
+    def get(self, name: str) -> Profile:
+        """One profile; ProfileError when absent."""
+        found = self.profiles().get(name)
+        if found is None:
+            raise ProfileError(f"no profile {name!r} in {self.path} (see: relayctl profile ls)")
+        return found
+
+    def add(self, profile: Profile, make_current: bool = False) -> None:
+        """Create or replace a profile."""
+        document = self.load()
+        fields = {k: getattr(profile, k) for k in FIELDS if getattr(profile, k)}
+        document.setdefault("profiles", {})[profile.name] = fields
+        if make_current or not document.get("current"):
+            document["current"] = profile.name
+        self.save(document)
+
+    def use(self, name: str) -> None:
+        """Select the profile used when ``--profile`` is not given."""
+        self.get(name)
+        document = self.load()
+        document["current"] = name
+        self.save(document)
+
+    def remove(self, name: str) -> None:
+        """Delete a profile (and the selection when it was the current one)."""
+        self.get(name)
+        document = self.load()
+        del document["profiles"][name]
+        if document.get("current") == name:
+            document.pop("current")
+        self.save(document)
+
+
+def active_profile(explicit: str | None, store: ProfileStore | None = None) -> Profile | None:
+    """The profile named by ``--profile``, else the current one, else None."""
+    store = store or ProfileStore()
+    if explicit:
+        return store.get(explicit)
+    name = store.current()
+    if name is None:
+        return None
+    return store.profiles().get(name)
