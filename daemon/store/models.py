@@ -52,6 +52,9 @@ class Message(SQLModel, table=True):
         sa.Index("ix_messages_status_queued", "status", "queued_at"),
         sa.Index("ix_messages_ws_status_queued", "workspace_id", "status", "queued_at"),
         sa.Index("ix_messages_lease", "status", "lease_until"),
+        # Newest-first listing without a status filter (migration 0003).
+        sa.Index("ix_messages_queued", "queued_at", "id"),
+        sa.Index("ix_messages_ws_queued", "workspace_id", "queued_at", "id"),
     )
 
     id: str = Field(primary_key=True, max_length=40)

@@ -24,6 +24,7 @@ from daemon.core.message import (
     Outcome,
     Recipient,
 )
+from daemon.store import counters
 from daemon.store.models import (
     delivery_attempts,
     message_content,
@@ -86,6 +87,7 @@ def insert_messages(conn: Connection, batch: Sequence[NewMessage]) -> None:
             for r in m.recipients
         ],
     )
+    counters.on_enqueued(conn, batch)
 
 
 def claim(
@@ -95,10 +97,17 @@ def claim(
 
     PostgreSQL uses ``FOR UPDATE SKIP LOCKED`` so concurrent daemons never take
     the same row; SQLite serialises writers, so one UPDATE ... RETURNING is atomic.
+    Scheduled messages that came due are first turned into queued ones, so the
+    claim itself reads ``ix_messages_claim`` in order instead of sorting.
     """
+    conn.execute(
+        messages.update()
+        .where(messages.c.status == "scheduled", messages.c.next_attempt_at <= now)
+        .values(status="queued", updated_at=now)
+    )
     due = (
         sa.select(messages.c.id)
-        .where(messages.c.status.in_(("queued", "scheduled")), messages.c.next_attempt_at <= now)
+        .where(messages.c.status == "queued", messages.c.next_attempt_at <= now)
         .order_by(messages.c.priority, messages.c.next_attempt_at)
         .limit(limit)
     )
@@ -164,61 +173,94 @@ def claim(
     ]
 
 
+_UPDATE_OUTCOME = (
+    messages.update()
+    .where(messages.c.id == sa.bindparam("b_id"))
+    .values(
+        status=sa.bindparam("b_status"),
+        processed_at=sa.bindparam("b_processed_at"),
+        updated_at=sa.bindparam("b_processed_at"),
+        retry_count=sa.bindparam("b_retry_count"),
+        next_attempt_at=sa.bindparam("b_next_attempt_at"),
+        provider=sa.bindparam("b_provider"),
+        provider_message_id=sa.bindparam("b_provider_message_id"),
+        error=sa.bindparam("b_error"),
+        lease_owner=None,
+        lease_until=None,
+    )
+)
+_UPDATE_RECIPIENT = (
+    message_recipients.update()
+    .where(
+        message_recipients.c.message_id == sa.bindparam("b_message_id"),
+        message_recipients.c.address == sa.bindparam("b_address"),
+    )
+    .values(status=sa.bindparam("b_status"), error=sa.bindparam("b_error"))
+)
+
+
 def apply_outcomes(conn: Connection, outcomes: Sequence[Outcome]) -> int:
     """Record delivery results; a result whose lease was lost to another worker is dropped.
 
+    One SELECT checks every lease, then each table gets one executemany: this runs
+    for every delivered message, so it must not cost a statement per row.
     Returns how many messages were updated.
     """
-    applied = 0
-    attempt_rows: list[dict[str, Any]] = []
-    for o in outcomes:
-        result = conn.execute(
-            messages.update()
-            .where(
-                messages.c.id == o.message_id,
-                messages.c.status == "processing",
-                messages.c.lease_owner == o.lease_owner,
-            )
-            .values(
-                status=o.status,
-                processed_at=o.processed_at,
-                updated_at=o.processed_at,
-                retry_count=o.retry_count,
-                next_attempt_at=o.next_attempt_at or o.processed_at,
-                provider=o.provider,
-                provider_message_id=o.provider_message_id,
-                error=o.error,
-                lease_owner=None,
-                lease_until=None,
-            )
-        )
-        if result.rowcount != 1:
-            continue
-        applied += 1
-        for address, status, error in o.recipient_status:
-            conn.execute(
-                message_recipients.update()
-                .where(
-                    message_recipients.c.message_id == o.message_id,
-                    message_recipients.c.address == address,
-                )
-                .values(status=status, error=error)
-            )
-        attempt_rows.extend(
+    if not outcomes:
+        return 0
+    by_id = {o.message_id: o for o in outcomes}
+    current = sa.select(
+        messages.c.id, messages.c.lease_owner, messages.c.workspace_id, messages.c.campaign_id
+    ).where(messages.c.id.in_(list(by_id)), messages.c.status == "processing")
+    if conn.dialect.name == "postgresql":
+        current = current.with_for_update()
+    applied: list[tuple[Outcome, str, str | None]] = [
+        (by_id[r.id], r.workspace_id, r.campaign_id)
+        for r in conn.execute(current)
+        if r.lease_owner == by_id[r.id].lease_owner
+    ]
+    if not applied:
+        return 0
+    conn.execute(
+        _UPDATE_OUTCOME,
+        [
             {
-                "message_id": o.message_id,
-                "attempted_at": a.attempted_at,
-                "provider": a.provider,
-                "outcome": a.outcome,
-                "code": a.code,
-                "reply": a.reply[:2000],
-                "duration_ms": a.duration_ms,
+                "b_id": o.message_id,
+                "b_status": o.status,
+                "b_processed_at": o.processed_at,
+                "b_retry_count": o.retry_count,
+                "b_next_attempt_at": o.next_attempt_at or o.processed_at,
+                "b_provider": o.provider,
+                "b_provider_message_id": o.provider_message_id,
+                "b_error": o.error,
             }
-            for a in o.attempts
-        )
+            for o, _, _ in applied
+        ],
+    )
+    recipient_rows = [
+        {"b_message_id": o.message_id, "b_address": address, "b_status": status, "b_error": error}
+        for o, _, _ in applied
+        for address, status, error in o.recipient_status
+    ]
+    if recipient_rows:
+        conn.execute(_UPDATE_RECIPIENT, recipient_rows)
+    attempt_rows = [
+        {
+            "message_id": o.message_id,
+            "attempted_at": a.attempted_at,
+            "provider": a.provider,
+            "outcome": a.outcome,
+            "code": a.code,
+            "reply": a.reply[:2000],
+            "duration_ms": a.duration_ms,
+        }
+        for o, _, _ in applied
+        for a in o.attempts
+    ]
     if attempt_rows:
         conn.execute(delivery_attempts.insert(), attempt_rows)
-    return applied
+    counters.on_outcomes(conn, applied)
+    return len(applied)
 
 
 def release(conn: Connection, owner: str, now: datetime) -> int:
@@ -270,12 +312,14 @@ def cancel(
     cond = [messages.c.id == message_id]
     if workspace_id is not None:
         cond.append(messages.c.workspace_id == workspace_id)
-    result = conn.execute(
+    done = conn.execute(
         messages.update()
         .where(*cond, messages.c.status.in_(CANCELLABLE_STATUSES))
         .values(status="cancelled", updated_at=now, processed_at=now)
-    )
-    if result.rowcount == 1:
+        .returning(messages.c.workspace_id, messages.c.campaign_id)
+    ).first()
+    if done is not None:
+        counters.on_pending_changed(conn, done.workspace_id, done.campaign_id, -1, now)
         return True
     status = conn.execute(sa.select(messages.c.status).where(*cond)).scalar()
     if status is None:
@@ -300,9 +344,16 @@ def retry(
             error=None,
             updated_at=now,
         )
-        .returning(messages.c.id, messages.c.status, messages.c.retry_count)
+        .returning(
+            messages.c.id,
+            messages.c.status,
+            messages.c.retry_count,
+            messages.c.workspace_id,
+            messages.c.campaign_id,
+        )
     ).first()
     if row is not None:
+        counters.on_pending_changed(conn, row.workspace_id, row.campaign_id, 1, now)
         conn.execute(
             message_recipients.update()
             .where(
