@@ -68,6 +68,11 @@ def _readable_file(value: str) -> None:
         raise ValueError(f"cannot read file {value!r}")
 
 
+def _jwt_secret(value: str) -> None:
+    if value and len(value.encode()) < 32:
+        raise ValueError("must be at least 32 bytes (HS256 needs a key as long as its hash)")
+
+
 def setting(default: Any, doc: str, check: typing.Callable[[Any], None] | None = None) -> Any:
     """Declare one setting: its default, a one-line description and an optional check."""
     meta = {"doc": doc, "check": check}
@@ -101,6 +106,9 @@ class SmtpConfig:
 class HttpConfig:
     host: str = setting("127.0.0.1", "address the HTTP API binds to")
     port: int = setting(8080, "HTTP API port", _port)
+    metrics_networks: list[str] = setting(
+        ["127.0.0.0/8", "::1/128"], "clients that may read /metrics without a token", _networks
+    )
 
 
 @dataclass(frozen=True)
@@ -147,6 +155,96 @@ class RateLimitsConfig:
 class AuthConfig:
     admin_token: str = setting("", "admin API token; empty: generated into data_dir/admin.token")
     admin_token_file: str = setting("", "file holding the admin token (mode 0600)", _readable_file)
+    jwt_secret: str = setting(
+        "", "HS256 secret for Bearer JWTs; empty: JWTs are not accepted", _jwt_secret
+    )
+    jwt_secret_file: str = setting("", "file holding jwt_secret (mode 0600)", _readable_file)
+
+
+def _tracking_overrides(value: list[str]) -> None:
+    for item in value:
+        workspace, sep, mode = item.partition("=")
+        if not sep or not workspace.strip() or mode.strip() not in TRACKING_MODES:
+            raise ValueError(
+                f"{item!r} is not 'workspace=mode' with mode one of {', '.join(TRACKING_MODES)}"
+            )
+
+
+def _allowlist(value: list[str]) -> None:
+    for item in value:
+        if not item.strip() or any(c.isspace() for c in item.strip()):
+            raise ValueError(f"{item!r} is not a host name, address or network")
+
+
+def _delays(value: list[str]) -> None:
+    if not value:
+        raise ValueError("needs at least one delay")
+    for item in value:
+        Duration.parse(item)
+
+
+TRACKING_MODES = ("off", "none", "opens", "clicks", "all")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    enabled: bool = setting(False, "rewrite outgoing mail for open/click tracking and unsubscribe")
+    base_url: str = setting(
+        "", "public URL the tracking links point to; empty: the HTTP listener's own URL"
+    )
+    secret: str = setting("", "HMAC key of tracking links; empty: generated into data_dir")
+    secret_file: str = setting("", "file holding the tracking secret (mode 0600)", _readable_file)
+    open_tracking: bool = setting(True, "add an open pixel to HTML parts")
+    click_tracking: bool = setting(True, "rewrite http(s) links of HTML parts")
+    list_unsubscribe: bool = setting(
+        True, "add List-Unsubscribe (RFC 8058 one-click) to campaign mail"
+    )
+    workspaces: list[str] = setting(
+        [], "per-workspace overrides 'ws-id=off|none|opens|clicks|all'", _tracking_overrides
+    )
+
+
+@dataclass(frozen=True)
+class WebhooksConfig:
+    mandrill_key: str = setting("", "Mandrill webhook key; set: only signed posts are taken")
+    mandrill_key_file: str = setting("", "file holding mandrill_key (mode 0600)", _readable_file)
+    mandrill_url: str = setting("", "the exact URL Mandrill posts to (it is part of the signature)")
+    allowlist: list[str] = setting(
+        [], "hosts or networks webhooks may reach although private or loopback", _allowlist
+    )
+    timeout: Duration = setting(Duration(10.0, "10s"), "time one webhook delivery may take")
+    retry_delays: list[str] = setting(
+        ["30s", "2m", "10m", "30m", "1h", "2h", "4h", "4h"],
+        "waits between delivery attempts; after the last, a delivery is dead-lettered",
+        _delays,
+    )
+    batch_size: int = setting(20, "deliveries sent at once", _positive)
+
+
+@dataclass(frozen=True)
+class BouncesConfig:
+    domain: str = setting("", "VERP return-path domain (bounces+<id>@domain); empty: no VERP")
+    soft_bounce_threshold: int = setting(
+        3, "soft bounces within the window that make a recipient BOUNCED", _positive
+    )
+    soft_bounce_window_days: int = setting(7, "window for soft_bounce_threshold, in days", _positive)
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    interval: Duration = setting(
+        Duration(60.0, "60s"), "how often every provider gets a health check"
+    )
+    timeout: Duration = setting(Duration(10.0, "10s"), "longest a health check may take")
+    degraded_after: int = setting(
+        2, "consecutive failures that mark a provider degraded", _positive
+    )
+    down_after: int = setting(
+        5, "consecutive failures that mark a provider down (circuit open)", _positive
+    )
+    cooldown: Duration = setting(
+        Duration(30.0, "30s"), "time a down provider rests before one probe message"
+    )
 
 
 PROVIDER_TYPES = ("outbox", "smtp", "mailgun", "gmail", "sendgrid")
@@ -163,15 +261,33 @@ PROVIDER_KEYS: dict[str, dict[str, type]] = {
         "password_file": str,
         "timeout": Duration,
         "max_connections": int,
+        "ca_file": str,
+        "tls_verify": bool,
     },
-    "mailgun": {"api_key": str, "api_key_file": str, "domain": str, "region": str, "base_url": str},
+    "mailgun": {
+        "api_key": str,
+        "api_key_file": str,
+        "domain": str,
+        "region": str,
+        "base_url": str,
+        "timeout": Duration,
+        "max_connections": int,
+    },
     "gmail": {
         "service_account_file": str,
         "service_account_json": str,
         "base_url": str,
         "token_url": str,
+        "timeout": Duration,
+        "max_connections": int,
     },
-    "sendgrid": {"api_key": str, "api_key_file": str, "base_url": str},
+    "sendgrid": {
+        "api_key": str,
+        "api_key_file": str,
+        "base_url": str,
+        "timeout": Duration,
+        "max_connections": int,
+    },
 }
 PROVIDER_COMMON_KEYS: dict[str, type] = {
     "type": str,
@@ -179,9 +295,12 @@ PROVIDER_COMMON_KEYS: dict[str, type] = {
     "priority": int,
     "weight": int,
     "rate_limit": int,
+    "rate_limit_per_second": int,
     "workspace_id": str,
 }
-SECRET_KEYS = frozenset({"password", "api_key", "service_account_json", "admin_token", "secret"})
+SECRET_KEYS = frozenset(
+    {"password", "api_key", "service_account_json", "admin_token", "secret", "mandrill_key"}
+)
 
 
 @dataclass(frozen=True)
@@ -194,6 +313,7 @@ class ProviderConfig:
     priority: int = 1
     weight: int = 100
     rate_limit: int = 0
+    rate_limit_per_second: int = 0
     workspace_id: str = ""
     options: Mapping[str, Any] = field(default_factory=dict)
 
@@ -227,6 +347,10 @@ class Config:
     queue: QueueConfig = field(default_factory=QueueConfig)
     rate_limits: RateLimitsConfig = field(default_factory=RateLimitsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    bounces: BouncesConfig = field(default_factory=BouncesConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
     providers: Mapping[str, ProviderConfig] = field(default_factory=_default_providers)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
@@ -421,7 +545,7 @@ def _build_provider(pid: str, raw: Mapping[str, Any], from_text: set[str]) -> Pr
             options[key] = coerce(dotted, allowed[key], value, textual)
         else:
             raise ConfigError(dotted, f"unknown setting for a {ptype} provider")
-    for key in ("priority", "weight", "rate_limit"):
+    for key in ("priority", "weight", "rate_limit", "rate_limit_per_second"):
         if common.get(key, 0) < 0:
             raise ConfigError(f"providers.{pid}.{key}", "cannot be negative")
     if ptype == "smtp":
@@ -544,6 +668,7 @@ def as_dict(config: Config, mask_secrets: bool = True) -> dict[str, Any]:
             "priority": p.priority,
             "weight": p.weight,
             "rate_limit": p.rate_limit,
+            "rate_limit_per_second": p.rate_limit_per_second,
             "workspace_id": p.workspace_id or None,
             **{k: render(k, v) for k, v in p.options.items()},
         }

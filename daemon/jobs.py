@@ -28,6 +28,14 @@ class Jobs:
             max_instances=1,
             coalesce=True,
         )
+        self._scheduler.add_job(
+            self._service.tenancy.purge,
+            "interval",
+            hours=1,
+            id="purge-usage",
+            max_instances=1,
+            coalesce=True,
+        )
         self._scheduler.start()
 
     async def reap_leases(self) -> int:

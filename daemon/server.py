@@ -22,6 +22,7 @@ from daemon.api.app import create_app
 from daemon.config import Config
 from daemon.delivery.dispatcher import Dispatcher
 from daemon.jobs import Jobs
+from daemon.overrides import apply_runtime, restore
 from daemon.providers import build_providers
 from daemon.service import RelayService
 from daemon.smtp.listener import SmtpListeners
@@ -115,7 +116,18 @@ class Server:
         before, after = await asyncio.to_thread(upgrade, engine)
         if before != after:
             log.info("database migrated from %s to %s", before or "empty", after)
+        # Runtime changes made through PUT /api/admin/config, and maintenance mode.
+        base = config
+        config, runtime, maintenance = await asyncio.to_thread(restore, base, engine)
+        if config.database_url != base.database_url:
+            engine.dispose()
+            engine = make_engine(config.database_url)
+            await asyncio.to_thread(upgrade, engine)
+        self.config = config
         self.service = RelayService(config, engine)
+        self.service.base_config = base
+        self.service.runtime_layer = runtime
+        self.service.maintenance = maintenance
         await self.service.start()
         cert, key = ensure_certificate(config)
         self.dispatcher = Dispatcher(self.service, build_providers(config))
@@ -159,8 +171,9 @@ class Server:
         if self._reload is None:
             return
         try:
-            config = self._reload()
-        except Exception as exc:  # noqa: BLE001 - a bad file must not kill a running daemon
+            base = self._reload()
+            config = apply_runtime(base, self.service.runtime_layer)
+        except Exception as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
             return
         restart = [
@@ -179,6 +192,7 @@ class Server:
             if old != new
         ]
         self.config = config
+        self.service.base_config = base
         self.service.reconfigure(config)
         logging.getLogger().setLevel(config.log_level.upper())
         log.info(

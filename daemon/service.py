@@ -15,17 +15,28 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from daemon.config import Config
+from daemon.core.maintenance import MaintenanceState
 from daemon.core.message import NewMessage
+from daemon.metrics import RelayMetrics
 from daemon.store import queue
 from daemon.store.committer import Committer, Reader
 from daemon.store.engine import StoreError
 from daemon.store.models import utcnow
+from daemon.tenancy import IdempotencyClaim, Tenancy
 
 log = logging.getLogger("relayd")
 
 
 class NotAccepting(Exception):
     """The daemon is shutting down and takes no new mail."""
+
+
+class MaintenanceMode(NotAccepting):
+    """Maintenance mode is on: no new mail until an operator turns it off."""
+
+    def __init__(self, state: MaintenanceState) -> None:
+        super().__init__(state.message)
+        self.state = state
 
 
 def resolve_admin_token(config: Config) -> str:
@@ -63,7 +74,14 @@ class RelayService:
         self.admin_token = resolve_admin_token(config)
         self.accepting = True
         self.started_at = clock()
+        self.metrics = RelayMetrics()
+        # Runtime state of the admin API (daemon.overrides, api.maintenance); the
+        # Server restores both from the database at start-up.
+        self.base_config = config
+        self.runtime_layer: dict[str, Any] = {}
+        self.maintenance = MaintenanceState()
         self._wake: asyncio.Event | None = None
+        self.tenancy = Tenancy(self)
 
     async def start(self) -> None:
         self._wake = asyncio.Event()
@@ -79,13 +97,20 @@ class RelayService:
         """Apply a new Config (SIGHUP, runtime changes) to what reads it live."""
         self.config = config
 
-    async def enqueue(self, message: NewMessage) -> str:
-        """Store a message durably; returns its id only once the commit is on disk."""
+    async def enqueue(
+        self, message: NewMessage, idempotency: IdempotencyClaim | None = None
+    ) -> str:
+        """Store a message durably; returns its id only once the commit is on disk.
+
+        Raises QuotaExceeded past a daily quota and IdempotentReplay for a reused key.
+        """
         if not self.accepting:
             raise NotAccepting()
-        await self.committer.run(lambda conn: queue.insert_messages(conn, [message]))
-        if self._wake is not None:
-            self._wake.set()
+        if self.maintenance.enabled:
+            raise MaintenanceMode(self.maintenance)
+        # Quotas, the idempotency key and the insert commit together (daemon.tenancy).
+        await self.tenancy.admit(message, idempotency)
+        self.metrics.message_accepted(message.source, message.workspace_id)
         return message.id
 
     async def cancel(self, message_id: str, workspace_id: str | None = None) -> bool:

@@ -15,9 +15,22 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 import daemon
-from daemon.api import messages
+from daemon.api import (
+    admin_config,
+    campaigns,
+    maintenance,
+    messages,
+    metrics,
+    openapi,
+    queue_admin,
+    quotas,
+    recipients,
+    stats,
+    workspaces,
+)
 from daemon.api.errors import EXCEPTION_HANDLERS, iso_utc
 from daemon.api.middleware import RequestContextMiddleware
+from daemon.api.ratelimit import RateLimitHeadersMiddleware
 from daemon.service import RelayService
 
 HEALTH_DB_TIMEOUT = 5.0
@@ -47,19 +60,34 @@ async def health(request: Request) -> Response:
 
 def relay_routes() -> list[BaseRoute]:
     """Every relay resource family, relative to /api (and /v1)."""
-    return [*messages.routes()]
+    return [
+        *messages.routes(),
+        *admin_config.routes(),
+        *maintenance.routes(),
+        *queue_admin.routes(),
+        *recipients.routes(),
+        *campaigns.routes(),
+        *stats.routes(),
+        *workspaces.routes(),
+        *quotas.routes(),
+    ]
 
 
 def create_app(service: RelayService) -> Starlette:
     """Build the HTTP API around ``service`` (kept on ``app.state.service``)."""
     routes: list[BaseRoute] = [
         Route("/health", health, methods=["GET"]),
+        Route("/openapi.json", openapi.openapi_document, methods=["GET"]),
+        *metrics.routes(),
         Mount("/api", routes=relay_routes()),
         Mount("/v1", routes=relay_routes()),
     ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(RequestContextMiddleware)],
+        middleware=[
+            Middleware(RequestContextMiddleware),
+            Middleware(RateLimitHeadersMiddleware),
+        ],
         exception_handlers=dict(EXCEPTION_HANDLERS),
     )
     app.state.service = service

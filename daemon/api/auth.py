@@ -1,8 +1,21 @@
-"""Who is calling: the admin token today, workspace API keys once they exist.
+"""Who is calling: the admin token, a workspace API key, or a signed JWT.
 
-Credentials come as ``Authorization: Bearer <token>`` or ``X-API-Key: <token>``.
-``X-Workspace-ID`` scopes an admin call to one workspace; without it the admin
-sees every workspace and creates in ``default``.
+Credentials come as ``Authorization: Bearer <token>`` or ``X-API-Key: <token>``:
+
+- the admin token (constant-time compare): every workspace; ``X-Workspace-ID``
+  (or a ``workspace_id`` in the query or body) picks the one a call acts in,
+  without it the admin sees every workspace and creates in ``default``;
+- an API key ``sk_live_...`` (looked up by its SHA-256): that key's workspace
+  (and user, for a per-user key) only; naming another workspace is 403
+  ``WORKSPACE_ACCESS_DENIED``;
+- an HS256 JWT signed with ``[auth] jwt_secret``, claims ``workspace_id``,
+  ``user_id``, ``role`` and ``exp`` (required): role ``admin`` is an admin
+  credential, any other role a credential of ``workspace_id`` (which comes into
+  being with the default plan on first use).
+
+Missing credentials are 401 ``AUTH_REQUIRED``; wrong, revoked, expired or badly
+signed ones 401 ``INVALID_TOKEN``. After authenticating, :func:`requires_auth`
+counts the request against the workspace's rate limits (daemon.api.ratelimit).
 """
 
 from __future__ import annotations
@@ -12,12 +25,17 @@ import hmac
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import jwt
 from starlette.requests import Request
 from starlette.responses import Response
 
 from daemon.api.errors import ApiError
+from daemon.api.ratelimit import apply_rate_limits
 from daemon.service import RelayService
+from daemon.tenancy import KEY_PREFIX, KeyIdentity
 
 DEFAULT_WORKSPACE = "default"
 WORKSPACE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")
@@ -30,6 +48,9 @@ class Principal:
 
     is_admin: bool
     workspace_id: str | None = None
+    user_id: str | None = None
+    key: KeyIdentity | None = None
+    via: str = "admin_token"
 
     @property
     def acting_workspace(self) -> str:
@@ -83,18 +104,88 @@ def _workspace_header(request: Request) -> str | None:
     return value
 
 
+def _jwt_secret(service: RelayService) -> str:
+    auth = service.config.auth
+    if auth.jwt_secret:
+        return auth.jwt_secret
+    if auth.jwt_secret_file:
+        try:
+            secret = Path(auth.jwt_secret_file).read_text().strip()
+        except OSError:
+            return ""
+        # As [auth] jwt_secret: HS256 needs a key at least as long as its hash.
+        return secret if len(secret.encode()) >= 32 else ""
+    return ""
+
+
+def _invalid(reason: str) -> ApiError:
+    return ApiError("INVALID_TOKEN", f"Invalid or expired token: {reason}", headers=_CHALLENGE)
+
+
+def _claim(claims: dict[str, Any], name: str) -> str | None:
+    value = claims.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not WORKSPACE_ID.match(value):
+        raise _invalid(f"claim {name} is not a valid id")
+    return value
+
+
+async def _from_jwt(request: Request, service: RelayService, token: str) -> Principal:
+    secret = _jwt_secret(service)
+    if not secret:
+        raise _invalid("this relay accepts no JWTs")
+    try:
+        claims = jwt.decode(
+            token, secret, algorithms=["HS256"], options={"require": ["exp"]}, leeway=5
+        )
+    except jwt.ExpiredSignatureError:
+        raise _invalid("the token has expired") from None
+    except jwt.PyJWTError:
+        raise _invalid("the token's signature or claims are not valid") from None
+    role = claims.get("role")
+    user_id = _claim(claims, "user_id")
+    if role == "admin":
+        return Principal(is_admin=True, workspace_id=_workspace_header(request), via="jwt")
+    workspace_id = _claim(claims, "workspace_id")
+    if workspace_id is None:
+        raise _invalid("the token names no workspace_id")
+    _check_header(request, workspace_id)
+    await service.tenancy.ensure_workspace(workspace_id)
+    return Principal(False, workspace_id, user_id, None, "jwt")
+
+
+def _check_header(request: Request, workspace_id: str) -> None:
+    named = _workspace_header(request)
+    if named is not None and named != workspace_id:
+        raise ApiError(
+            "WORKSPACE_ACCESS_DENIED",
+            f"this credential belongs to workspace {workspace_id!r}",
+            {"workspace_id": named},
+        )
+
+
 async def authenticate(request: Request, service: RelayService) -> Principal:
     """Resolve the caller, or raise 401 AUTH_REQUIRED / INVALID_TOKEN."""
     token = presented_token(request)
     if not token:
         raise ApiError(
             "AUTH_REQUIRED",
-            "Send the admin token as 'Authorization: Bearer <token>' or 'X-API-Key'",
+            "Send a token as 'Authorization: Bearer <token>' or 'X-API-Key: <key>'",
             headers=_CHALLENGE,
         )
-    if hmac.compare_digest(token.encode("utf-8"), service.admin_token.encode("utf-8")):
+    encoded = token.encode("utf-8", "surrogateescape")
+    if hmac.compare_digest(encoded, service.admin_token.encode("utf-8")):
         return Principal(is_admin=True, workspace_id=_workspace_header(request))
-    raise ApiError("INVALID_TOKEN", headers=_CHALLENGE)
+    if token.startswith(KEY_PREFIX):
+        key = await service.tenancy.identify_key(token)
+        if key is None:
+            raise _invalid("unknown or revoked API key")
+        _check_header(request, key.workspace_id)
+        return Principal(False, key.workspace_id, key.user_id, key, "api_key")
+    if token.count(".") == 2:
+        return await _from_jwt(request, service, token)
+    raise _invalid("not a token this relay issued")
 
 
 Handler = Callable[[Request, Principal], Awaitable[Response]]
@@ -113,6 +204,22 @@ def requires_auth(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         principal = await authenticate(request, service_of(request))
         request.state.principal = principal
+        await apply_rate_limits(request, principal)
+        return await handler(request, principal)
+
+    return endpoint
+
+
+def requires_admin(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """Like :func:`requires_auth`, for the admin API: other credentials get 403."""
+
+    @functools.wraps(handler)
+    async def endpoint(request: Request) -> Response:
+        principal = await authenticate(request, service_of(request))
+        request.state.principal = principal
+        if not principal.is_admin:
+            raise ApiError("INSUFFICIENT_PERMISSIONS", "the admin API needs the admin token")
+        await apply_rate_limits(request, principal)
         return await handler(request, principal)
 
     return endpoint

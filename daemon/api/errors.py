@@ -2,7 +2,8 @@
 
 Additions where 6.2 has no code (documented in DESIGN.md and here):
 409 ``INVALID_STATE`` (cancel/retry in the wrong status), 409 ``RECIPIENT_EXISTS``,
-422 ``IDEMPOTENCY_KEY_REUSED``, 404 ``ROUTE_NOT_FOUND`` (no such endpoint) and
+422 ``IDEMPOTENCY_KEY_REUSED``, 404 ``API_KEY_NOT_FOUND``, 404 ``CAMPAIGN_NOT_FOUND``,
+404 ``ROUTE_NOT_FOUND`` (no such endpoint) and
 405 ``METHOD_NOT_ALLOWED``. A daemon that is draining for shutdown answers 503
 ``MAINTENANCE_MODE``: from a client's point of view it is down for maintenance,
 and the ``Retry-After`` header says when to try again.
@@ -19,7 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from daemon.service import NotAccepting
+from daemon.service import MaintenanceMode, NotAccepting
 from daemon.store.engine import StoreError
 
 log = logging.getLogger("relayd.api")
@@ -62,6 +63,8 @@ CATALOGUE: dict[str, ErrorKind] = {
     # Additions (see the module docstring)
     "INVALID_STATE": ErrorKind(409, "Operation not allowed in the current state"),
     "RECIPIENT_EXISTS": ErrorKind(409, "Recipient already exists"),
+    "CAMPAIGN_NOT_FOUND": ErrorKind(404, "Campaign not found"),
+    "API_KEY_NOT_FOUND": ErrorKind(404, "API key not found"),
     "IDEMPOTENCY_KEY_REUSED": ErrorKind(422, "Idempotency key reused with a different request"),
     "ROUTE_NOT_FOUND": ErrorKind(404, "No such endpoint"),
     "METHOD_NOT_ALLOWED": ErrorKind(405, "Method not allowed for this endpoint"),
@@ -157,6 +160,14 @@ async def on_store_error(request: Request, exc: Exception) -> Response:
 
 
 async def on_not_accepting(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, MaintenanceMode):  # turned on through the admin API
+        state = exc.state
+        retry_after = state.retry_after(_now(request))
+        details = {"expected_end": iso_utc(state.expected_end)} if state.expected_end else {}
+        return envelope(
+            request,
+            ApiError("MAINTENANCE_MODE", state.message, details, {"Retry-After": str(retry_after)}),
+        )
     return envelope(
         request,
         ApiError(

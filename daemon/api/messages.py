@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import socket
 import uuid
@@ -14,14 +15,22 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from daemon.api import idempotency
 from daemon.api.auth import WORKSPACE_ID, Principal, requires_auth, service_of
 from daemon.api.errors import ApiError, iso_utc
 from daemon.api.fields import invalid, parse_json
 from daemon.api.pagination import Page
 from daemon.api.responses import by_method, ok
-from daemon.api.send_request import SendRequest, parse_send_request
+from daemon.api.send_request import MAX_SUBJECT, SendRequest, parse_send_request
 from daemon.api.views import message_detail, message_summary
-from daemon.core.compose import ComposeError, MessageView, compose, read_message, top_headers
+from daemon.core.compose import (
+    CONTROL_CHARS,
+    ComposeError,
+    MessageView,
+    compose,
+    read_message,
+    top_headers,
+)
 from daemon.core.ids import is_message_id, message_id
 from daemon.core.message import (
     CANCELLABLE_STATUSES,
@@ -30,8 +39,10 @@ from daemon.core.message import (
     NewMessage,
     Recipient,
 )
-from daemon.service import NotAccepting, RelayService
+from daemon.core.personalize import PersonalizationError, personalize
+from daemon.service import MaintenanceMode, NotAccepting, RelayService
 from daemon.store import queue
+from daemon.tenancy import IdempotentReplay, QuotaExceeded
 
 log = logging.getLogger("relayd.api")
 
@@ -109,6 +120,8 @@ async def send_message(request: Request, principal: Principal) -> Response:
     service = service_of(request)
     if not service.accepting:
         raise NotAccepting()
+    if service.maintenance.enabled:
+        raise MaintenanceMode(service.maintenance)
     max_size = service.config.smtp.max_size
     # JSON and base64 inflate the payload; the composed size is checked exactly below.
     body = await read_body(request, 2 * max_size + 1024 * 1024)
@@ -119,6 +132,15 @@ async def send_message(request: Request, principal: Principal) -> Response:
         document = parse_json(body)
     send = parse_send_request(document, now=now, max_size=max_size)
     workspace_id = principal.workspace_for(send.workspace_id)
+    if principal.user_id is not None:  # a per-user key or JWT sends as its user
+        send.user_id = principal.user_id
+    idempotency_key = idempotency.key_of(request)
+    digest = idempotency.request_hash(document) if idempotency_key else ""
+    if idempotency_key:
+        earlier = await idempotency.earlier_use(request, workspace_id, idempotency_key)
+        if earlier is not None:
+            return idempotency.replay(earlier, digest)
+    personalize_send(send, document)
     max_depth = service.config.queue.max_depth
     if max_depth and await service.reader.run(queue.pending_depth) >= max_depth:
         raise ApiError("QUEUE_FULL", f"the queue holds {max_depth} pending messages; try later")
@@ -140,14 +162,62 @@ async def send_message(request: Request, principal: Principal) -> Response:
             {"size": len(raw), "max_size": max_size},
         )
     message = _new_message(send, raw, queue_id, workspace_id, now)
-    await service.enqueue(message)
     data = {
         "message_id": message.id,
         "status": message.status,
         "queued_at": iso_utc(message.queued_at),
         "estimated_send_time": iso_utc(message.next_attempt_at),
     }
+    claim = None
+    if idempotency_key:
+        response = {"success": True, "data": data}
+        claim = idempotency.claim(workspace_id, idempotency_key, digest, response, 202)
+    try:
+        await service.enqueue(message, claim)
+    except IdempotentReplay as exc:  # a concurrent request with the same key won
+        return idempotency.replay(exc.earlier, digest)
+    except QuotaExceeded as exc:
+        raise quota_error(exc, workspace_id, now) from None
     return ok(data, status_code=202)
+
+
+def quota_error(exc: QuotaExceeded, workspace_id: str, now: datetime) -> ApiError:
+    """429 QUOTA_EXCEEDED with the details block of reference 6.1."""
+    scope = {"global": "the relay", "workspace": f"workspace {workspace_id}"}
+    return ApiError(
+        "QUOTA_EXCEEDED",
+        f"Daily quota exceeded for {scope.get(exc.scope, 'this user')}",
+        {
+            "limit": exc.limit,
+            "used": exc.used,
+            "reset_at": iso_utc(exc.reset_at),
+            "scope": exc.scope,
+        },
+        {"Retry-After": str(max(1, int((exc.reset_at - now).total_seconds())))},
+    )
+
+
+def personalize_send(send: SendRequest, document: dict[str, Any]) -> None:
+    """Render personalization.variables into the subject and bodies (unless enabled is false)."""
+    options = document.get("personalization") or {}
+    variables = options.get("variables")
+    if not variables or options.get("enabled") is False:
+        return
+    draft = send.draft
+    try:
+        subject, text_body, html_body = personalize(
+            draft.subject, draft.text_body, draft.html_body, variables
+        )
+    except PersonalizationError as exc:
+        details: dict[str, Any] = {"field": exc.field}
+        if exc.variable is not None:
+            details["variable"] = exc.variable
+        raise ApiError("INVALID_REQUEST", str(exc), details) from None
+    if CONTROL_CHARS.search(subject) or len(subject) > MAX_SUBJECT:
+        raise invalid("subject", "the personalized subject has CR, LF or is too long")
+    send.draft = dataclasses.replace(
+        draft, subject=subject, text_body=text_body, html_body=html_body
+    )
 
 
 def _query_text(request: Request, name: str) -> str | None:

@@ -14,7 +14,9 @@ Replies, and why:
   stripped. Otherwise ``250 2.1.5 Ok``.
 - DATA: ``250 2.0.0 Ok: queued as msg-...`` only after the message and its
   recipients are committed; content refused by :mod:`daemon.core.ingest`
-  gets its 5xx; a failed write ``451 4.3.0``, a full disk ``452 4.3.1``.
+  gets its 5xx; a failed write ``451 4.3.0``, a full disk or a queue at
+  ``queue.max_depth`` ``452 4.3.1``, a daily quota used up ``452 4.5.3`` (also
+  at the first RCPT, when the quota is already spent: a temporary refusal).
 - AUTH PLAIN/LOGIN (offered only over TLS): username = workspace id and
   password = an API key of that workspace, whose mail then belongs to it
   whatever X-Workspace-ID says; or the admin token (compared in constant
@@ -49,11 +51,15 @@ from daemon.core.relay import (
 from daemon.service import MaintenanceMode, NotAccepting, RelayService
 from daemon.smtp.params import MailParams, RcptParams
 from daemon.smtp.protocol import RelayEnvelope, RelaySMTP
+from daemon.store import queue
 from daemon.store.engine import StoreError
+from daemon.tenancy import QuotaExceeded
 
 log = logging.getLogger("relayd.smtp")
 
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
+OVER_QUOTA = "452 4.5.3 Daily sending quota exceeded, try again later"
+QUEUE_FULL = "452 4.3.1 Queue is full, try again later"
 
 
 @dataclass(frozen=True)
@@ -161,6 +167,11 @@ class RelayHandler:
         except AddressRejected as exc:
             log.info("rcpt refused peer=%s reply=%r", ip, exc.reply)
             return exc.reply
+        if not envelope.recipients:  # one look per transaction: is today's quota used up?
+            identity = session.auth_data if isinstance(session.auth_data, SmtpIdentity) else None
+            if await self.service.tenancy.quota_left(identity.workspace_id if identity else None):
+                log.info("rcpt refused (daily quota used up) peer=%s to=<%s>", ip, final)
+                return OVER_QUOTA
         if final.lower() not in (r.address.lower() for r in envelope.recipients):
             envelope.recipients.append(Recipient(final, params.notify, params.orcpt))
             envelope.rcpt_tos.append(final)
@@ -199,8 +210,15 @@ class RelayHandler:
         except IngestRejected as exc:
             log.info("message refused peer=%s reply=%r", submission.peer_ip, exc.reply)
             return exc.reply
+        max_depth = config.queue.max_depth
+        if max_depth and await self.service.reader.run(queue.pending_depth) >= max_depth:
+            log.warning("message refused, queue full peer=%s", submission.peer_ip)
+            return QUEUE_FULL
         try:
             await self.service.enqueue(message)
+        except QuotaExceeded as exc:
+            log.info("message refused, %s peer=%s", exc, submission.peer_ip)
+            return OVER_QUOTA
         except MaintenanceMode as exc:
             return exc.state.smtp_reply()
         except NotAccepting:

@@ -1,0 +1,97 @@
+"""API request limits (reference "Rate Limits") and the X-RateLimit-* headers of 6.3.
+
+Workspace credentials are counted against their plan's hourly, daily and burst
+limits and the endpoint-specific per-minute limits; past one, 429
+``RATE_LIMIT_EXCEEDED``. The admin token (and an admin JWT) is exempt: its
+responses report the acting workspace's windows (``X-Workspace-ID``, else
+``default``) without counting. The headers describe the most constraining
+window, the one with the fewest requests left. A response to an unauthenticated
+request reports the default plan's hourly window, untouched, for workspace
+``anonymous``; a workspace whose plan sets no limit reports ``unlimited``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from starlette.datastructures import MutableHeaders
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from daemon.api.errors import ApiError, iso_utc
+from daemon.core import plans
+
+if TYPE_CHECKING:
+    from daemon.api.auth import Principal
+    from daemon.service import RelayService
+
+STATE_KEY = "rate_headers"
+ANONYMOUS = "anonymous"
+
+
+async def apply_rate_limits(request: Request, principal: Principal) -> None:
+    """Count the request (workspace credentials) and keep the headers for the response."""
+    service: RelayService = request.app.state.service
+    tenancy = service.tenancy
+    if principal.is_admin:
+        decision = await tenancy.report_requests(
+            principal.acting_workspace, request.method, request.url.path
+        )
+    else:
+        assert principal.workspace_id is not None
+        decision = await tenancy.count_request(
+            principal.workspace_id, principal.key, request.method, request.url.path
+        )
+    request.state.rate_headers = decision.headers
+    window = decision.exceeded
+    if window is not None:
+        retry_after = decision.headers["X-RateLimit-Reset-After"]
+        raise ApiError(
+            "RATE_LIMIT_EXCEEDED",
+            f"{window.name} limit of {window.limit} requests exceeded for workspace "
+            f"{principal.workspace_id}",
+            {
+                "limit": window.limit,
+                "window": window.name,
+                "window_seconds": window.seconds,
+                "used": window.used,
+                "reset_at": iso_utc(window.reset_at),
+            },
+            {**decision.headers, "Retry-After": str(max(1, int(retry_after)))},
+        )
+
+
+class RateLimitHeadersMiddleware:
+    """Puts the X-RateLimit-* headers on every HTTP response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                if "x-ratelimit-limit" not in headers:
+                    for name, value in _headers_for(scope).items():
+                        headers[name] = value
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _headers_for(scope: Scope) -> dict[str, str]:
+    known = scope.get("state", {}).get(STATE_KEY)
+    if known is not None:
+        return dict(known)
+    service: RelayService = scope["app"].state.service
+    now = service.clock()
+    tier = plans.tier_for(service.config.rate_limits.default_plan, None)
+    window = None
+    if tier.per_hour is not None:
+        reset = plans.window_reset(now, plans.HOUR)
+        window = plans.WindowUse("hour", plans.HOUR, tier.per_hour, 0, reset)
+    return plans.rate_headers(window, ANONYMOUS, now)

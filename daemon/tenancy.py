@@ -1,0 +1,403 @@
+"""Tenancy at run time: API keys, workspaces, request limits and daily sending quotas.
+
+Shared by the HTTP API and the SMTP handler. What is cached, and why it is safe:
+
+- a *valid* key lookup for :data:`KEY_CACHE_SECONDS` (a revocation through this
+  daemon drops it at once; another daemon sees it within that second);
+- a workspace row (plan, quota overrides) for :data:`WORKSPACE_CACHE_SECONDS`;
+- the burst window (requests within one second) lives in memory, per daemon.
+
+Hourly, daily and per-minute endpoint request counters and the daily quotas are
+counted in the database with one conditional upsert per window
+(:mod:`daemon.store.tenancy`), all windows of a request in one transaction, so
+they hold exactly across daemons sharing a PostgreSQL database.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.engine import Connection
+
+from daemon.core import plans
+from daemon.core.message import NewMessage
+from daemon.core.tenancy import (
+    KEY_PREFIX,
+    IdempotencyClaim,
+    IdempotentReplay,
+    KeyIdentity,
+    QuotaExceeded,
+    RateDecision,
+    WorkspaceInfo,
+    hash_key,
+)
+from daemon.store import queue
+from daemon.store import tenancy as store
+from daemon.store.tenancy import Bucket
+
+if TYPE_CHECKING:
+    from daemon.service import RelayService
+
+__all__ = [
+    "KEY_PREFIX",
+    "IdempotencyClaim",
+    "IdempotentReplay",
+    "KeyIdentity",
+    "QuotaExceeded",
+    "RateDecision",
+    "Tenancy",
+    "WorkspaceInfo",
+    "hash_key",
+]
+
+KEY_CACHE_SECONDS = 1.0
+WORKSPACE_CACHE_SECONDS = 2.0
+REPORT_CACHE_SECONDS = 1.0
+TOUCH_EVERY = timedelta(minutes=1)
+IDEMPOTENCY_TTL = timedelta(hours=24)
+
+
+def _workspace_info(row: Any) -> WorkspaceInfo:
+    return WorkspaceInfo(
+        row.id, row.plan, row.custom_limits, row.daily_quota, row.user_daily_quota, True
+    )
+
+
+class Tenancy:
+    """Key verification, workspace lookups, request counting and quota admission."""
+
+    def __init__(self, service: RelayService, monotonic: Callable[[], float] = time.monotonic):
+        self._service = service
+        self._monotonic = monotonic
+        self._keys: dict[str, tuple[float, KeyIdentity]] = {}
+        self._workspaces: dict[str, tuple[float, WorkspaceInfo]] = {}
+        self._burst: dict[str, tuple[int, int]] = {}
+        self._reports: dict[str, tuple[float, tuple[int, ...]]] = {}
+
+    # Keys ------------------------------------------------------------------
+
+    async def identify_key(self, token: str) -> KeyIdentity | None:
+        """The live key ``token`` is, or None; a SHA-256 lookup, so timing reveals nothing."""
+        digest = hash_key(token)
+        now = self._monotonic()
+        cached = self._keys.get(digest)
+        if cached is not None and now - cached[0] < KEY_CACHE_SECONDS:
+            return cached[1]
+        row = await self._service.reader.run(lambda c: store.key_by_hash(c, digest))
+        if row is None:
+            self._keys.pop(digest, None)
+            return None
+        identity = KeyIdentity(row.id, row.workspace_id, row.user_id, row.last_used_at)
+        if len(self._keys) > 10000:
+            self._keys.clear()
+        self._keys[digest] = (now, identity)
+        return identity
+
+    def forget_keys(self) -> None:
+        """Drop cached key lookups (after a revocation)."""
+        self._keys.clear()
+
+    # Workspaces ------------------------------------------------------------
+
+    def _default(self, workspace_id: str) -> WorkspaceInfo:
+        plan = self._service.config.rate_limits.default_plan
+        return WorkspaceInfo(workspace_id, plan, None, None, None, exists=False)
+
+    async def workspace(self, workspace_id: str) -> WorkspaceInfo:
+        """The workspace's settings; one that does not exist yet has the default plan."""
+        now = self._monotonic()
+        cached = self._workspaces.get(workspace_id)
+        if cached is not None and now - cached[0] < WORKSPACE_CACHE_SECONDS:
+            return cached[1]
+        row = await self._service.reader.run(lambda c: store.get_workspace(c, workspace_id))
+        info = _workspace_info(row) if row is not None else self._default(workspace_id)
+        if len(self._workspaces) > 10000:
+            self._workspaces.clear()
+        self._workspaces[workspace_id] = (now, info)
+        return info
+
+    async def ensure_workspace(self, workspace_id: str) -> WorkspaceInfo:
+        """The workspace, brought into being with the default plan on first use."""
+        info = await self.workspace(workspace_id)
+        if info.exists:
+            return info
+        plan = self._service.config.rate_limits.default_plan
+        now = self._service.clock()
+        row = await self._service.committer.run(
+            lambda c: store.ensure_workspace(c, workspace_id, plan, now)
+        )
+        info = _workspace_info(row)
+        self._workspaces[workspace_id] = (self._monotonic(), info)
+        return info
+
+    def forget_workspace(self, workspace_id: str) -> None:
+        self._workspaces.pop(workspace_id, None)
+
+    # Request limits --------------------------------------------------------
+
+    def _request_buckets(
+        self, workspace: WorkspaceInfo, method: str, path: str, now: datetime
+    ) -> list[tuple[str, int, Bucket]]:
+        tier = plans.tier_for(workspace.plan, workspace.custom_limits)
+        windows: list[tuple[str, int, int | None, str]] = [
+            ("hour", plans.HOUR, tier.per_hour, f"req:{workspace.id}:h"),
+            ("day", plans.DAY, tier.per_day, f"req:{workspace.id}:d"),
+        ]
+        endpoint = plans.endpoint_limit(method, path)
+        if endpoint is not None:
+            windows.append(
+                (
+                    endpoint.name,
+                    plans.MINUTE,
+                    endpoint.per_minute,
+                    f"req:{workspace.id}:{endpoint.name}",
+                )
+            )
+        return [
+            (
+                name,
+                seconds,
+                Bucket(
+                    key,
+                    plans.window_start(now, seconds),
+                    plans.window_reset(now, seconds) + timedelta(hours=1),
+                    limit,
+                ),
+            )
+            for name, seconds, limit, key in windows
+        ]
+
+    @staticmethod
+    def _uses(
+        buckets: list[tuple[str, int, Bucket]], counts: tuple[int, ...], now: datetime
+    ) -> list[plans.WindowUse]:
+        return [
+            plans.WindowUse(name, seconds, bucket.limit, used, plans.window_reset(now, seconds))
+            for (name, seconds, bucket), used in zip(buckets, counts, strict=True)
+            if bucket.limit is not None
+        ]
+
+    def _take_burst(self, workspace: WorkspaceInfo, now: datetime) -> plans.WindowUse | None:
+        """Count one request in this second; the burst window when it is already full."""
+        burst = plans.tier_for(workspace.plan, workspace.custom_limits).burst
+        if burst is None:
+            return None
+        second = int(now.timestamp())
+        last, count = self._burst.get(workspace.id, (second, 0))
+        if last != second:
+            count = 0
+        if count >= burst:
+            return plans.WindowUse("burst", plans.SECOND, burst, count, plans.window_reset(now, 1))
+        if len(self._burst) > 10000:
+            self._burst.clear()
+        self._burst[workspace.id] = (second, count + 1)
+        return None
+
+    async def count_request(
+        self, workspace_id: str, key: KeyIdentity | None, method: str, path: str
+    ) -> RateDecision:
+        """Count a workspace credential's request against its plan and endpoint limits."""
+        workspace = await self.workspace(workspace_id)
+        now = self._service.clock()
+        burst = self._take_burst(workspace, now)
+        if burst is not None:
+            return RateDecision(plans.rate_headers(burst, workspace_id, now), burst)
+        buckets = self._request_buckets(workspace, method, path, now)
+        touch = key is not None and (
+            key.last_used_at is None or now - key.last_used_at >= TOUCH_EVERY
+        )
+
+        def op(conn: Connection) -> store.Consumed:
+            if touch and key is not None:
+                store.touch_key(conn, key.key_id, now)
+            return store.consume(conn, [b for _, _, b in buckets])
+
+        result = await self._service.committer.run(op)
+        if touch and key is not None:
+            self._keys.clear()  # the cached last_used_at is stale now
+        uses = self._uses(buckets, result.counts, now)
+        if not result.ok and result.refused is not None:
+            name, seconds, bucket = buckets[result.refused]
+            assert bucket.limit is not None
+            full = plans.WindowUse(
+                name, seconds, bucket.limit, bucket.limit, plans.window_reset(now, seconds)
+            )
+            return RateDecision(plans.rate_headers(full, workspace_id, now), full)
+        window = plans.most_constraining(uses)
+        return RateDecision(plans.rate_headers(window, workspace_id, now))
+
+    async def report_requests(self, workspace_id: str, method: str, path: str) -> RateDecision:
+        """Headers for an exempt caller (admin): the workspace's windows, not counted."""
+        workspace = await self.workspace(workspace_id)
+        now = self._service.clock()
+        buckets = self._request_buckets(workspace, method, path, now)
+        cache_key = "|".join(b.key + b.window_start.isoformat() for _, _, b in buckets)
+        cached = self._reports.get(cache_key)
+        clock = self._monotonic()
+        if cached is not None and clock - cached[0] < REPORT_CACHE_SECONDS:
+            counts = cached[1]
+        else:
+            counts = await self._service.reader.run(
+                lambda c: store.peek(c, [b for _, _, b in buckets])
+            )
+            if len(self._reports) > 10000:
+                self._reports.clear()
+            self._reports[cache_key] = (clock, counts)
+        window = plans.most_constraining(self._uses(buckets, counts, now))
+        return RateDecision(plans.rate_headers(window, workspace_id, now))
+
+    # Daily sending quotas --------------------------------------------------
+
+    def quota_buckets(
+        self, workspace: WorkspaceInfo, user_id: str | None, now: datetime
+    ) -> list[tuple[str, Bucket]]:
+        """The global, workspace and (with a user) user quota windows of today."""
+        limits = self._service.config.rate_limits
+        start = plans.window_start(now, plans.DAY)
+        expires = start + timedelta(days=2)
+        user_limit = (
+            workspace.user_daily_quota
+            if workspace.user_daily_quota is not None
+            else limits.user_default
+        )
+        workspace_limit = (
+            workspace.daily_quota if workspace.daily_quota is not None else limits.workspace_default
+        )
+        buckets = [
+            (
+                "global",
+                Bucket("quota:global", start, expires, plans.daily_limit(limits.global_daily)),
+            ),
+            (
+                "workspace",
+                Bucket(
+                    f"quota:ws:{workspace.id}", start, expires, plans.daily_limit(workspace_limit)
+                ),
+            ),
+        ]
+        if user_id:
+            buckets.append(
+                (
+                    "user",
+                    Bucket(
+                        f"quota:user:{workspace.id}:{user_id}",
+                        start,
+                        expires,
+                        plans.daily_limit(user_limit),
+                    ),
+                )
+            )
+        return buckets
+
+    async def admit(self, message: NewMessage, idempotency: IdempotencyClaim | None = None) -> None:
+        """Take the message's share of the daily quotas and store it, in one transaction.
+
+        Raises QuotaExceeded, or IdempotentReplay when the key was used before
+        (then nothing is stored).
+        """
+        workspace = await self.ensure_workspace(message.workspace_id)
+        now = self._service.clock()
+        named = self.quota_buckets(workspace, message.user_id, now)
+        buckets = [b for _, b in named]
+        cutoff = now - IDEMPOTENCY_TTL
+
+        def op(conn: Connection) -> tuple[Any, store.Consumed | None]:
+            if idempotency is not None:
+                earlier = store.claim_idempotency(
+                    conn,
+                    idempotency.workspace_id,
+                    idempotency.key,
+                    idempotency.request_hash,
+                    idempotency.response,
+                    idempotency.status_code,
+                    now,
+                    cutoff,
+                )
+                if earlier is not None:
+                    return earlier, None
+            consumed = store.consume(conn, buckets)
+            if not consumed.ok:
+                if idempotency is not None:
+                    store.release_idempotency(conn, idempotency.workspace_id, idempotency.key)
+                return None, consumed
+            queue.insert_messages(conn, [message])
+            return None, consumed
+
+        earlier, consumed = await self._service.committer.run(op)
+        if earlier is not None:
+            raise IdempotentReplay(earlier)
+        assert consumed is not None
+        if not consumed.ok and consumed.refused is not None:
+            scope, bucket = named[consumed.refused]
+            assert bucket.limit is not None
+            reset = plans.window_reset(now, plans.DAY)
+            raise QuotaExceeded(scope, bucket.limit, consumed.counts[consumed.refused], reset)
+        self._service.wake.set()
+
+    async def quota_left(self, workspace_id: str | None) -> QuotaExceeded | None:
+        """A cheap look (no reservation) whether today's quotas have room for one more."""
+        workspace = await self.workspace(workspace_id or "default")
+        now = self._service.clock()
+        named = self.quota_buckets(workspace, None, now)
+        if workspace_id is None:
+            named = named[:1]
+        counts = await self._service.reader.run(lambda c: store.peek(c, [b for _, b in named]))
+        for (scope, bucket), used in zip(named, counts, strict=True):
+            if bucket.limit is not None and used >= bucket.limit:
+                return QuotaExceeded(scope, bucket.limit, used, plans.window_reset(now, plans.DAY))
+        return None
+
+    async def quota_status(self, workspace_id: str) -> dict[str, Any]:
+        """Today's quota use as ``GET /api/rate-limit`` reports it (reference 2.3)."""
+        workspace = await self.workspace(workspace_id)
+        now = self._service.clock()
+        named = self.quota_buckets(workspace, None, now)
+        start = plans.window_start(now, plans.DAY)
+        prefix = f"quota:user:{workspace_id}:"
+        counts, users = await self._service.reader.run(
+            lambda c: (
+                store.peek(c, [b for _, b in named]),
+                store.counters_like(c, prefix, start),
+            )
+        )
+        reset = plans.window_reset(now, plans.DAY)
+        limits = self._service.config.rate_limits
+        user_limit = plans.daily_limit(
+            workspace.user_daily_quota
+            if workspace.user_daily_quota is not None
+            else limits.user_default
+        )
+        (_, global_bucket), (_, ws_bucket) = named
+        reset_at = reset.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+        def left(limit: int | None, used: int) -> int | None:
+            return None if limit is None else max(0, limit - used)
+
+        return {
+            "global": {
+                "limit": global_bucket.limit,
+                "remaining": left(global_bucket.limit, counts[0]),
+                "reset_at": reset_at,
+            },
+            "workspace": {
+                "workspace_id": workspace_id,
+                "limit": ws_bucket.limit,
+                "used": counts[1],
+                "remaining": left(ws_bucket.limit, counts[1]),
+                "reset_at": reset_at,
+            },
+            "users": {
+                user: {"limit": user_limit, "used": used, "remaining": left(user_limit, used)}
+                for user, used in sorted(users.items())
+            },
+        }
+
+    async def purge(self) -> int:
+        """Drop expired counters and idempotency keys (a periodic job)."""
+        now = self._service.clock()
+        return await self._service.committer.run(
+            lambda c: store.purge_expired(c, now, now - IDEMPOTENCY_TTL)
+        )
