@@ -3,26 +3,5 @@
 A thin alias of :mod:`relayctl.client`, so the API reference's example runs unchanged.
 """
 
-from relayctl.client import (
-    ApiError,
-    Attachment,
-    AuthError,
-    Client,
-    ConfigurationError,
-    NotFoundError,
-    RelayError,
-    SendResult,
-    UnreachableError,
-)
-
-__all__ = [
-    "ApiError",
-    "Attachment",
-    "AuthError",
-    "Client",
-    "ConfigurationError",
-    "NotFoundError",
-    "RelayError",
-    "SendResult",
-    "UnreachableError",
-]
+from relayctl.client import *  # noqa: F403 - re-export exactly the client's public names
+from relayctl.client import __all__ as __all__
