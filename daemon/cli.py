@@ -10,6 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
 from daemon import __version__
 from daemon.config import Config, ConfigError, load_config, parse_assignment
 
@@ -114,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             before, after = upgrade(make_engine(config.database_url))
-        except Exception as exc:
-            return _fail(f"migration failed: {str(exc).splitlines()[0]}", 1)
+        except SQLAlchemyError as exc:
+            return _fail(f"migration failed: {_database_problem(config, exc)}", 1)
         print(f"database at {after} (was {before or 'empty'})")
         return 0
 
@@ -127,11 +130,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(Server(config, reload=build).run())
+    except ConfigError as exc:
+        return _fail(f"configuration error: {exc}", 2)
+    except SQLAlchemyError as exc:
+        return _fail(f"cannot start: {_database_problem(config, exc)}", 1)
     except OSError as exc:
         return _fail(f"cannot start: {exc}", 1)
     except KeyboardInterrupt:
         return 0
     return 0
+
+
+def _database_problem(config: Config, exc: SQLAlchemyError) -> str:
+    """One line naming the database (password hidden) and the driver's first complaint."""
+    url = make_url(config.database_url).render_as_string(hide_password=True)
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    return f"database {url}: {reason}"
 
 
 def _loop_factory() -> Any:

@@ -59,18 +59,20 @@ class SmtpListeners:
             aiosmtpd_log.setLevel(logging.WARNING)
         self.handler = RelayHandler(self.service, self.hostname)
         smtp = self.config.smtp
-        try:
-            self._servers.append(
-                await loop.create_server(lambda: self._factory(False), smtp.host, smtp.port)
-            )
-            self._servers.append(
-                await loop.create_server(
-                    lambda: self._factory(True), smtp.host, smtp.tls_port, ssl=self.ssl_context
+        for port, implicit_tls in ((smtp.port, False), (smtp.tls_port, True)):
+            try:
+                self._servers.append(
+                    await loop.create_server(
+                        lambda tls=implicit_tls: self._factory(tls),
+                        smtp.host,
+                        port,
+                        ssl=self.ssl_context if implicit_tls else None,
+                    )
                 )
-            )
-        except OSError:
-            await self.stop()
-            raise
+            except OSError as exc:
+                await self.stop()
+                reason = f"SMTP cannot listen on {smtp.host}:{port}: {exc.strerror or exc}"
+                raise OSError(exc.errno, reason) from None
         self._ports = (self._bound_port(self._servers[0]), self._bound_port(self._servers[1]))
         log.info(
             "SMTP listening on %s:%d (STARTTLS) and %s:%d (TLS) as %s",
