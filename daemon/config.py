@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import tomllib
 import types
 import typing
@@ -227,7 +228,9 @@ class BouncesConfig:
     soft_bounce_threshold: int = setting(
         3, "soft bounces within the window that make a recipient BOUNCED", _positive
     )
-    soft_bounce_window_days: int = setting(7, "window for soft_bounce_threshold, in days", _positive)
+    soft_bounce_window_days: int = setting(
+        7, "window for soft_bounce_threshold, in days", _positive
+    )
 
 
 @dataclass(frozen=True)
@@ -244,6 +247,48 @@ class HealthConfig:
     )
     cooldown: Duration = setting(
         Duration(30.0, "30s"), "time a down provider rests before one probe message"
+    )
+
+
+def _at_least_a_second(value: Duration) -> None:
+    if value.seconds < 1:
+        raise ValueError("must be at least 1s")
+
+
+_DOMAIN = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
+
+
+def _domains(value: list[str]) -> None:
+    for item in value:
+        if not _DOMAIN.fullmatch(item):
+            raise ValueError(f"{item!r} is not a lowercase domain name such as mail.example.com")
+
+
+@dataclass(frozen=True)
+class AccountsConfig:
+    open_signup: bool = setting(
+        False, "POST /v1/accounts open to anyone (else trusted networks or the admin token)"
+    )
+    trusted_networks: list[str] = setting(
+        ["127.0.0.0/8", "::1/128"], "clients that may create accounts without a token", _networks
+    )
+    default_domain: str = setting(
+        "example.com",
+        "domain of a sender address created without one",
+        lambda value: _domains([value]),
+    )
+    sending_domains: list[str] = setting(
+        [], "further domains sender addresses may use (default_domain always may)", _domains
+    )
+    temporary_lifetime: Duration = setting(
+        Duration(86400.0, "24h"),
+        "lifetime of a temporary address created without expires_at",
+        _at_least_a_second,
+    )
+    expiry_interval: Duration = setting(
+        Duration(30.0, "30s"),
+        "how often temporary addresses past their time turn expired",
+        _at_least_a_second,
     )
 
 
@@ -351,6 +396,7 @@ class Config:
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     bounces: BouncesConfig = field(default_factory=BouncesConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+    accounts: AccountsConfig = field(default_factory=AccountsConfig)
     providers: Mapping[str, ProviderConfig] = field(default_factory=_default_providers)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 

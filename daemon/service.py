@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,11 +17,14 @@ from sqlalchemy.engine import Engine
 from daemon.config import Config
 from daemon.core.maintenance import MaintenanceState
 from daemon.core.message import NewMessage
+from daemon.engagement import Engagement
 from daemon.metrics import RelayMetrics
+from daemon.providers.health import ProviderHealth
 from daemon.store import queue
 from daemon.store.committer import Committer, Reader
 from daemon.store.engine import StoreError
 from daemon.store.models import utcnow
+from daemon.store.tenancy import Bucket
 from daemon.tenancy import IdempotencyClaim, Tenancy
 
 log = logging.getLogger("relayd")
@@ -82,10 +85,19 @@ class RelayService:
         self.maintenance = MaintenanceState()
         self._wake: asyncio.Event | None = None
         self.tenancy = Tenancy(self)
+        self.engagement = Engagement(self)
+        # Breakers, rate limits and health checks of the providers (the dispatcher attaches them).
+        self.providers_state = ProviderHealth(
+            lambda: self.config, self.committer, self.reader, clock, wake=self._wake_workers
+        )
 
     async def start(self) -> None:
         self._wake = asyncio.Event()
         await self.committer.start()
+
+    def _wake_workers(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
 
     @property
     def wake(self) -> asyncio.Event:
@@ -98,18 +110,22 @@ class RelayService:
         self.config = config
 
     async def enqueue(
-        self, message: NewMessage, idempotency: IdempotencyClaim | None = None
+        self,
+        message: NewMessage,
+        idempotency: IdempotencyClaim | None = None,
+        extra_quotas: Sequence[tuple[str, Bucket]] = (),
     ) -> str:
         """Store a message durably; returns its id only once the commit is on disk.
 
-        Raises QuotaExceeded past a daily quota and IdempotentReplay for a reused key.
+        Raises QuotaExceeded past a daily quota (or one of ``extra_quotas``) and
+        IdempotentReplay for a reused key.
         """
         if not self.accepting:
             raise NotAccepting()
         if self.maintenance.enabled:
             raise MaintenanceMode(self.maintenance)
         # Quotas, the idempotency key and the insert commit together (daemon.tenancy).
-        await self.tenancy.admit(message, idempotency)
+        await self.tenancy.admit(message, idempotency, extra_quotas)
         self.metrics.message_accepted(message.source, message.workspace_id)
         return message.id
 

@@ -16,7 +16,7 @@ they hold exactly across daemons sharing a PostgreSQL database.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -292,15 +292,22 @@ class Tenancy:
             )
         return buckets
 
-    async def admit(self, message: NewMessage, idempotency: IdempotencyClaim | None = None) -> None:
+    async def admit(
+        self,
+        message: NewMessage,
+        idempotency: IdempotencyClaim | None = None,
+        extra: Sequence[tuple[str, Bucket]] = (),
+    ) -> None:
         """Take the message's share of the daily quotas and store it, in one transaction.
 
-        Raises QuotaExceeded, or IdempotentReplay when the key was used before
-        (then nothing is stored).
+        ``extra`` are further (scope, bucket) windows to take a share of, such as
+        the Maylng plan's hourly/daily/monthly email limits. Raises QuotaExceeded
+        (its ``scope`` names the full window), or IdempotentReplay when the key
+        was used before (then nothing is stored).
         """
         workspace = await self.ensure_workspace(message.workspace_id)
         now = self._service.clock()
-        named = self.quota_buckets(workspace, message.user_id, now)
+        named = [*self.quota_buckets(workspace, message.user_id, now), *extra]
         buckets = [b for _, b in named]
         cutoff = now - IDEMPOTENCY_TTL
 

@@ -39,6 +39,7 @@ from relayctl.errors import (
     UnreachableError,
     error_for_status,
 )
+from relayctl.maylng import MaylngEndpoints
 from relayctl.settings import resolve_token, resolve_url
 
 __all__ = [
@@ -98,7 +99,7 @@ class Attachment:
 AttachmentLike = Attachment | Mapping[str, Any] | str | os.PathLike[str]
 
 
-class Client(Endpoints):
+class Client(Endpoints, MaylngEndpoints):
     """A synchronous client of one relayd.
 
     ``api_key`` defaults to ``RELAY_TOKEN``, then to the admin token file a daemon on this
@@ -280,9 +281,10 @@ class Client(Endpoints):
         json: JSON | None = None,
         params: JSON | None = None,
         also_ok: tuple[int, ...] = (),
+        headers: Mapping[str, str] | None = None,
     ) -> JSON:
         try:
-            response = self._http.request(method, path, json=json, params=params)
+            response = self._http.request(method, path, json=json, params=params, headers=headers)
         except httpx.TimeoutException as exc:
             raise UnreachableError(self.base_url, "timed out") from exc
         except httpx.TransportError as exc:
@@ -291,6 +293,8 @@ class Client(Endpoints):
             payload = response.json()
         except ValueError:
             payload = None
+        if response.status_code == 204:  # No Content: a Maylng delete
+            return {}
         if response.is_success or (
             response.status_code in also_ok and isinstance(payload, dict) and "status" in payload
         ):

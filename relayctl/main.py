@@ -9,6 +9,8 @@ from typing import Annotated
 import typer
 
 from relayctl.commands import (
+    accounts,
+    addresses,
     campaigns,
     cleanup,
     config,
@@ -23,6 +25,7 @@ from relayctl.commands import (
     stats,
     top,
     version,
+    webhooks,
 )
 from relayctl.context import EXIT_CODES_HELP, CliContext
 
@@ -87,6 +90,7 @@ app.command("send")(send.send)
 app.add_typer(queue.app)
 app.add_typer(recipients.app)
 app.add_typer(campaigns.app)
+app.add_typer(webhooks.app)
 app.command("stats")(stats.stats)
 app.command("top")(top.top)
 app.command("rate-limit")(limits.rate_limit)
@@ -95,6 +99,8 @@ app.add_typer(config.app)
 app.add_typer(maintenance.app)
 app.command("cleanup")(cleanup.cleanup)
 app.add_typer(keys.app)
+app.add_typer(accounts.app)
+app.add_typer(addresses.app)
 app.add_typer(profile.app)
 app.command("version")(version.version)
 

@@ -1,7 +1,9 @@
 """The Starlette application: routes of every resource family, auth, errors, request ids.
 
 Relay routes live under ``/api`` and, as the reference's versioning section
-names them, under ``/v1`` (``/v1/messages`` ...). ``/health`` needs no token.
+names them, under ``/v1`` (``/v1/messages`` ...). The Maylng dialect shares
+``/v1`` (``/v1/accounts``, ``/v1/account``, ``/v1/email-addresses``,
+``/v1/emails``). ``/health`` needs no token.
 """
 
 from __future__ import annotations
@@ -19,16 +21,25 @@ from daemon.api import (
     admin_config,
     campaigns,
     maintenance,
+    mandrill,
+    maylng_accounts,
+    maylng_addresses,
+    maylng_emails,
     messages,
     metrics,
     openapi,
+    providers,
     queue_admin,
     quotas,
     recipients,
     stats,
+    tracking,
+    unsubscribe,
+    webhooks,
     workspaces,
 )
 from daemon.api.errors import EXCEPTION_HANDLERS, iso_utc
+from daemon.api.maylng_common import MaylngError, on_maylng_error
 from daemon.api.middleware import RequestContextMiddleware
 from daemon.api.ratelimit import RateLimitHeadersMiddleware
 from daemon.service import RelayService
@@ -37,8 +48,9 @@ HEALTH_DB_TIMEOUT = 5.0
 
 
 async def health(request: Request) -> Response:
-    """GET /health: 200 healthy, or 503 degraded when the database does not answer
-    or the daemon is draining for shutdown (so load balancers move away)."""
+    """GET /health: 200 ``"status": "ok"`` (the Maylng shape, plus details), or 503
+    degraded when the database does not answer or the daemon is draining for
+    shutdown (so load balancers move away)."""
     service: RelayService = request.app.state.service
     try:
         database_ok = await asyncio.wait_for(service.ping(), HEALTH_DB_TIMEOUT)
@@ -47,7 +59,7 @@ async def health(request: Request) -> Response:
     healthy = database_ok and service.accepting
     now = service.clock()
     body = {
-        "status": "healthy" if healthy else "degraded",
+        "status": "ok" if healthy else "degraded",
         "service": "relayd",
         "version": daemon.__version__,
         "database": "ok" if database_ok else "unavailable",
@@ -70,7 +82,14 @@ def relay_routes() -> list[BaseRoute]:
         *stats.routes(),
         *workspaces.routes(),
         *quotas.routes(),
+        *providers.routes(),
+        *webhooks.routes(),
     ]
+
+
+def maylng_routes() -> list[BaseRoute]:
+    """The Maylng dialect (accounts, sender addresses, emails), relative to /v1."""
+    return [*maylng_accounts.routes(), *maylng_addresses.routes(), *maylng_emails.routes()]
 
 
 def create_app(service: RelayService) -> Starlette:
@@ -79,8 +98,13 @@ def create_app(service: RelayService) -> Starlette:
         Route("/health", health, methods=["GET"]),
         Route("/openapi.json", openapi.openapi_document, methods=["GET"]),
         *metrics.routes(),
+        # Public engagement endpoints (no token; not under the API rate limits).
+        *tracking.routes(),
+        *unsubscribe.routes(),
+        *mandrill.routes(),
         Mount("/api", routes=relay_routes()),
-        Mount("/v1", routes=relay_routes()),
+        # The Maylng routes come first in the same mount, so a wrong method is a 405 there.
+        Mount("/v1", routes=[*maylng_routes(), *relay_routes()]),
     ]
     app = Starlette(
         routes=routes,
@@ -88,7 +112,7 @@ def create_app(service: RelayService) -> Starlette:
             Middleware(RequestContextMiddleware),
             Middleware(RateLimitHeadersMiddleware),
         ],
-        exception_handlers=dict(EXCEPTION_HANDLERS),
+        exception_handlers={**EXCEPTION_HANDLERS, MaylngError: on_maylng_error},
     )
     app.state.service = service
     return app

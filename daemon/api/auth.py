@@ -5,9 +5,9 @@ Credentials come as ``Authorization: Bearer <token>`` or ``X-API-Key: <token>``:
 - the admin token (constant-time compare): every workspace; ``X-Workspace-ID``
   (or a ``workspace_id`` in the query or body) picks the one a call acts in,
   without it the admin sees every workspace and creates in ``default``;
-- an API key ``sk_live_...`` (looked up by its SHA-256): that key's workspace
-  (and user, for a per-user key) only; naming another workspace is 403
-  ``WORKSPACE_ACCESS_DENIED``;
+- an API key ``sk_live_...`` or a Maylng account key ``maylng_...`` (looked up
+  by its SHA-256): that key's workspace (and user, for a per-user key) only;
+  naming another workspace is 403 ``WORKSPACE_ACCESS_DENIED``;
 - an HS256 JWT signed with ``[auth] jwt_secret``, claims ``workspace_id``,
   ``user_id``, ``role`` and ``exp`` (required): role ``admin`` is an admin
   credential, any other role a credential of ``workspace_id`` (which comes into
@@ -34,6 +34,7 @@ from starlette.responses import Response
 
 from daemon.api.errors import ApiError
 from daemon.api.ratelimit import apply_rate_limits
+from daemon.core.accounts import KEY_PREFIX as MAYLNG_KEY_PREFIX
 from daemon.service import RelayService
 from daemon.tenancy import KEY_PREFIX, KeyIdentity
 
@@ -177,7 +178,7 @@ async def authenticate(request: Request, service: RelayService) -> Principal:
     encoded = token.encode("utf-8", "surrogateescape")
     if hmac.compare_digest(encoded, service.admin_token.encode("utf-8")):
         return Principal(is_admin=True, workspace_id=_workspace_header(request))
-    if token.startswith(KEY_PREFIX):
+    if token.startswith((KEY_PREFIX, MAYLNG_KEY_PREFIX)):
         key = await service.tenancy.identify_key(token)
         if key is None:
             raise _invalid("unknown or revoked API key")

@@ -3,7 +3,8 @@
 Additions where 6.2 has no code (documented in DESIGN.md and here):
 409 ``INVALID_STATE`` (cancel/retry in the wrong status), 409 ``RECIPIENT_EXISTS``,
 422 ``IDEMPOTENCY_KEY_REUSED``, 404 ``API_KEY_NOT_FOUND``, 404 ``CAMPAIGN_NOT_FOUND``,
-404 ``ROUTE_NOT_FOUND`` (no such endpoint) and
+404 ``WEBHOOK_NOT_FOUND``,
+404 ``ROUTE_NOT_FOUND`` (no such endpoint), 404 ``PROVIDER_NOT_FOUND`` and
 405 ``METHOD_NOT_ALLOWED``. A daemon that is draining for shutdown answers 503
 ``MAINTENANCE_MODE``: from a client's point of view it is down for maintenance,
 and the ``Retry-After`` header says when to try again.
@@ -20,6 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from daemon.core.accounts import is_maylng_path
 from daemon.service import MaintenanceMode, NotAccepting
 from daemon.store.engine import StoreError
 
@@ -65,9 +67,11 @@ CATALOGUE: dict[str, ErrorKind] = {
     "RECIPIENT_EXISTS": ErrorKind(409, "Recipient already exists"),
     "CAMPAIGN_NOT_FOUND": ErrorKind(404, "Campaign not found"),
     "API_KEY_NOT_FOUND": ErrorKind(404, "API key not found"),
+    "WEBHOOK_NOT_FOUND": ErrorKind(404, "Webhook not found"),
     "IDEMPOTENCY_KEY_REUSED": ErrorKind(422, "Idempotency key reused with a different request"),
     "ROUTE_NOT_FOUND": ErrorKind(404, "No such endpoint"),
     "METHOD_NOT_ALLOWED": ErrorKind(405, "Method not allowed for this endpoint"),
+    "PROVIDER_NOT_FOUND": ErrorKind(404, "Provider not found"),
 }
 
 # Starlette's own HTTPExceptions (routing, body parsing) mapped onto the catalogue.
@@ -113,7 +117,15 @@ def _now(request: Request) -> datetime:
 
 
 def envelope(request: Request, error: ApiError) -> JSONResponse:
-    """The 6.1 error body for ``error``, with its status and extra headers."""
+    """The 6.1 error body for ``error``, with its status and extra headers.
+
+    The Maylng routes (daemon.api.maylng_common) answer ``{"error": message}``.
+    """
+    if is_maylng_path(request.url.path):
+        field = error.details.get("field")
+        named = not isinstance(field, str) or field in error.message
+        message = error.message if named else f"{field}: {error.message}"
+        return JSONResponse({"error": message}, error.status, headers=error.headers)
     body = {
         "success": False,
         "error": {

@@ -63,6 +63,8 @@ class NewMessage:
     dsn_ret: str | None = None
     dsn_envid: str | None = None
     personalization: dict[str, Any] | None = None
+    from_email_id: str | None = None
+    thread_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,8 @@ class ClaimedMessage:
     dsn_envid: str | None
     lease_owner: str
     queued_at: datetime
+    # The envelope sender providers see (VERP, issue 7); bounces still go to mail_from.
+    return_path: str | None = None
 
 
 @dataclass(frozen=True)

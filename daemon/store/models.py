@@ -55,6 +55,8 @@ class Message(SQLModel, table=True):
         # Newest-first listing without a status filter (migration 0003).
         sa.Index("ix_messages_queued", "queued_at", "id"),
         sa.Index("ix_messages_ws_queued", "workspace_id", "queued_at", "id"),
+        # Maylng threads (migration 0006).
+        sa.Index("ix_messages_ws_thread", "workspace_id", "thread_id"),
     )
 
     id: str = Field(primary_key=True, max_length=40)
@@ -94,6 +96,9 @@ class Message(SQLModel, table=True):
     provider: str | None = Field(default=None, max_length=100)
     provider_message_id: str | None = Field(default=None, max_length=512)
     error: str | None = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
+    # Maylng: the sender address an email went out from, and the thread it belongs to.
+    from_email_id: str | None = Field(default=None, max_length=36)
+    thread_id: str | None = Field(default=None, max_length=200)
 
 
 class MessageContent(SQLModel, table=True):

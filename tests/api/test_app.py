@@ -19,11 +19,11 @@ from daemon.store.engine import make_engine
 from tests.api.conftest import AUTH, assert_envelope, message, send
 
 
-async def test_health_is_public_and_healthy(anon: httpx.AsyncClient) -> None:
+async def test_health_is_public_and_ok(anon: httpx.AsyncClient) -> None:
     response = await anon.get("/health")
     assert response.status_code == 200
     body = response.json()
-    assert body["status"] == "healthy"
+    assert body["status"] == "ok"
     assert body["service"] == "relayd"
     assert body["version"] == daemon.__version__
     assert body["database"] == "ok"
