@@ -223,3 +223,60 @@ class Endpoints:
         """``DELETE /api/admin/keys/{id}``."""
         payload = self._request("DELETE", "/api/admin/keys/" + _segment(key_id, "key id"))
         return {key: value for key, value in payload.items() if key != "success"}
+
+    # -- webhooks (signed event delivery) ------------------------------------------------------
+
+    def list_webhooks(
+        self, workspace_id: str | None = None, limit: int = 100, offset: int = 0
+    ) -> JSON:
+        """``GET /api/webhooks``: ``{"webhooks": [...], "pagination": {...}}``."""
+        return self._get("/api/webhooks", workspace_id=workspace_id, limit=limit, offset=offset)
+
+    def create_webhook(
+        self,
+        url: str,
+        event_types: list[str],
+        description: str | None = None,
+        workspace_id: str | None = None,
+    ) -> JSON:
+        """``POST /api/webhooks``: the answer holds the signing secret, shown this once."""
+        body = _params(
+            url=url, event_types=event_types, description=description, workspace_id=workspace_id
+        )
+        return self._data(self._request("POST", "/api/webhooks", json=body))
+
+    def delete_webhook(self, webhook_id: str) -> JSON:
+        """``DELETE /api/webhooks/{id}``."""
+        payload = self._request("DELETE", "/api/webhooks/" + _segment(webhook_id, "webhook id"))
+        return {key: value for key, value in payload.items() if key != "success"}
+
+    def test_webhook(self, webhook_id: str) -> JSON:
+        """``POST /api/webhooks/{id}/test``: ``{"delivered", "status_code", "error"}``."""
+        path = "/api/webhooks/" + _segment(webhook_id, "webhook id") + "/test"
+        return self._data(self._request("POST", path))
+
+    def webhook_deliveries(
+        self,
+        status: str | None = None,
+        webhook_id: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> JSON:
+        """``GET /api/webhooks/deliveries``; ``status="dead"`` is the dead-letter list."""
+        return self._get(
+            "/api/webhooks/deliveries",
+            status=status,
+            webhook_id=webhook_id,
+            limit=limit,
+            offset=offset,
+        )
+
+    def replay_webhooks(
+        self, delivery_id: str | None = None, webhook_id: str | None = None
+    ) -> JSON:
+        """Dead deliveries back to the queue: one delivery, or all of one endpoint."""
+        if delivery_id:
+            path = f"/api/webhooks/deliveries/{_segment(delivery_id, 'delivery id')}/replay"
+        else:
+            path = f"/api/webhooks/{_segment(webhook_id or '', 'webhook id')}/replay"
+        return self._data(self._request("POST", path))

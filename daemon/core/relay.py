@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 import functools
 import ipaddress
+import re
 from collections.abc import Iterable, Sequence
 
 import email_validator
@@ -209,3 +210,42 @@ def check_address(path: str, role: str = "recipient") -> str:
     if error is not None:
         raise AddressRejected(553, syntax_status, f"Bad {role} address syntax: {error}")
     return address
+
+
+# -- local delivery: the VERP bounce domain ---------------------------------------------
+
+_BOUNCE_LOCAL = re.compile(r"^bounces\+msg-[0-9A-Za-z]{26}$", re.IGNORECASE)
+
+
+def is_local(address: str, bounce_domain: str) -> bool:
+    """True when ``address`` is at the bounce domain (mail we take, never relay)."""
+    host = address.rpartition("@")[2].lower().rstrip(".")
+    return bool(bounce_domain) and host == bounce_domain.lower().rstrip(".")
+
+
+def local_recipient(path: str, bounce_domain: str) -> str | None:
+    """A recipient at the bounce domain: the address when it is a VERP return path.
+
+    None when the address is elsewhere (the relay policy applies). Other local
+    parts at the bounce domain get ``550 5.1.1``: it is not a mailbox host. Any
+    client may send here, authenticated or not: bounces come from everywhere.
+    """
+    if not bounce_domain:
+        return None
+    try:
+        address = strip_source_route(path)
+        local, domain = _split_mailbox(address)
+    except ValueError:
+        return None
+    if not domain or not is_local(address, bounce_domain):
+        return None
+    if not _BOUNCE_LOCAL.match(local):
+        raise AddressRejected(
+            550, "5.1.1", f"<{address}>: Recipient address rejected: no such user"
+        )
+    return address
+
+
+def mixes_local_and_relay(existing: Sequence[str], new_is_local: bool, bounce_domain: str) -> bool:
+    """Bounces and relayed mail never share a transaction (they go different ways)."""
+    return any(is_local(a, bounce_domain) != new_is_local for a in existing)

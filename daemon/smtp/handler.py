@@ -12,6 +12,11 @@ Replies, and why:
   routing tricks (``%``, ``!``, a second ``@``, also inside a quoted local part)
   get ``553 5.7.1``, other bad syntax ``553 5.1.3``; source routes are
   stripped. Otherwise ``250 2.1.5 Ok``.
+- Mail to ``[bounces] domain`` is local delivery, taken from any client:
+  ``bounces+<message id>@domain`` gets ``250``, any other address there
+  ``550 5.1.1``; it is never queued but read as a DSN (daemon.engagement)
+  and answered ``250 2.0.0 Ok: bounce processed``. Bounces and other
+  recipients in one transaction get ``452 4.5.3`` for the second kind.
 - DATA: ``250 2.0.0 Ok: queued as msg-...`` only after the message and its
   recipients are committed; content refused by :mod:`daemon.core.ingest`
   gets its 5xx; a failed write ``451 4.3.0``, a full disk or a queue at
@@ -45,6 +50,9 @@ from daemon.core.relay import (
     IPNetwork,
     RelayDecision,
     check_address,
+    is_local,
+    local_recipient,
+    mixes_local_and_relay,
     parse_networks,
     relay_decision,
 )
@@ -153,6 +161,21 @@ class RelayHandler:
     ) -> str:
         config = self.service.config
         ip = peer_ip(session)
+        # Mail to the VERP bounce domain is local delivery, taken from anyone (issue 7).
+        domain = config.bounces.domain
+        try:
+            local = local_recipient(address, domain)
+        except AddressRejected as exc:
+            log.info("rcpt refused peer=%s reply=%r", ip, exc.reply)
+            return exc.reply
+        existing = [r.address for r in envelope.recipients]
+        if domain and mixes_local_and_relay(existing, local is not None, domain):
+            return "452 4.5.3 Send bounces and other mail in separate transactions"
+        if local is not None:
+            if local.lower() not in (a.lower() for a in existing):
+                envelope.recipients.append(Recipient(local))
+                envelope.rcpt_tos.append(local)
+            return "250 2.1.5 Ok"
         decision = relay_decision(
             ip, bool(session.authenticated), self._trusted_networks(), config.smtp.require_auth
         )
@@ -184,6 +207,13 @@ class RelayHandler:
             return SHUTTING_DOWN
         started = time.monotonic()
         config = self.service.config
+        domain = config.bounces.domain
+        if domain and envelope.recipients and is_local(envelope.recipients[0].address, domain):
+            found = await self.service.engagement.bounce_mail(
+                envelope.original_content or b"", [r.address for r in envelope.recipients]
+            )
+            log.info("bounce received peer=%s bounces=%d", peer_ip(session), found)
+            return "250 2.0.0 Ok: bounce processed"
         now = self.service.clock()
         identity = session.auth_data if isinstance(session.auth_data, SmtpIdentity) else None
         submission = Submission(
