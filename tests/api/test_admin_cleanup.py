@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from daemon.service import RelayService
 from daemon.store import admin
+from daemon.store.engagement import RecipientEvent, WebhookEvent
 from daemon.store.models import delivery_attempts, message_content, message_recipients, messages
 from tests.api.conftest import AUTH, assert_envelope, finish, send
 
@@ -135,33 +136,50 @@ async def test_sqlite_file_really_shrinks(
     assert data["database_file_mb"]["after"] < data["database_file_mb"]["before"]
 
 
-async def test_counts_event_tables_when_they_exist(
+async def test_deletes_old_engagement_events(
     client: httpx.AsyncClient, service: RelayService
 ) -> None:
     old = datetime.now(UTC) - timedelta(days=120)
     new = datetime.now(UTC)
-    table = sa.Table(
-        "webhook_events",
-        sa.MetaData(),
-        sa.Column("id", sa.Integer, primary_key=True),
-        sa.Column("payload", sa.Text, nullable=False),
-        sa.Column("created_at", sa.DateTime, nullable=False),
-    )
+    webhook_events = WebhookEvent.__table__  # type: ignore[attr-defined]
+    recipient_events = RecipientEvent.__table__  # type: ignore[attr-defined]
 
     def create(conn: sa.Connection) -> None:
-        table.create(conn)
         conn.execute(
-            table.insert(),
-            [{"payload": "x" * 100, "created_at": old.replace(tzinfo=None)} for _ in range(5)]
-            + [{"payload": "y", "created_at": new.replace(tzinfo=None)}],
+            webhook_events.insert(),
+            [
+                {
+                    "source": "mandrill",
+                    "event": "open",
+                    "dedupe_key": f"wh-{i}",
+                    "payload": {"n": i, "pad": "x" * 100},
+                    "received_at": when,
+                }
+                for i, when in enumerate([old] * 5 + [new])
+            ],
+        )
+        conn.execute(
+            recipient_events.insert(),
+            [
+                {
+                    "workspace_id": "default",
+                    "type": "open",
+                    "source": "pixel",
+                    "data": {},
+                    "occurred_at": when,
+                    "dedupe_key": f"re-{i}",
+                }
+                for i, when in enumerate([old] * 3 + [new] * 2)
+            ],
         )
 
     await service.committer.run(create)
     dry = await cleanup(client, older_than_days=90, dry_run=True)
-    assert dry["deleted"]["webhook_events"] == 5
+    assert dry["deleted"] == {"messages": 0, "webhook_events": 5, "recipient_events": 3}
     done = await cleanup(client, older_than_days=90)
-    assert done["deleted"] == {"messages": 0, "webhook_events": 5, "recipient_events": 0}
-    assert await count(service, table) == 1
+    assert done["deleted"] == {"messages": 0, "webhook_events": 5, "recipient_events": 3}
+    assert await count(service, webhook_events) == 1
+    assert await count(service, recipient_events) == 2
 
 
 @pytest.mark.parametrize(
