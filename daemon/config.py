@@ -64,6 +64,12 @@ def _choice(*allowed: str) -> typing.Callable[[str], None]:
     return check
 
 
+def _subset_of(values: list[str], allowed: tuple[str, ...]) -> None:
+    unknown = [v for v in values if v not in allowed]
+    if unknown:
+        raise ValueError(f"unknown {', '.join(unknown)}; use {', '.join(allowed)}")
+
+
 def _readable_file(value: str) -> None:
     if value and not os.access(value, os.R_OK):
         raise ValueError(f"cannot read file {value!r}")
@@ -271,6 +277,11 @@ class AccountsConfig:
     )
     trusted_networks: list[str] = setting(
         ["127.0.0.0/8", "::1/128"], "clients that may create accounts without a token", _networks
+    )
+    self_service_plans: list[str] = setting(
+        ["free", "pro"],
+        "plans an account's own key may choose; others need the admin token",
+        lambda plans: _subset_of(plans, ("free", "pro", "enterprise")),
     )
     default_domain: str = setting(
         "example.com",

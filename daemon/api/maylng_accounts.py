@@ -84,39 +84,47 @@ def _plan(body: dict[str, Any], default: str | None) -> str | None:
     return str(plan)
 
 
-async def _may_sign_up(request: Request, service: RelayService) -> bool:
-    """Open signup, the admin token, or a caller on a trusted network.
+async def _is_operator(request: Request, service: RelayService) -> bool:
+    """The admin token, or a caller on one of ``accounts.trusted_networks``.
 
     Credentials, when sent, must be valid and may not name another workspace
-    (401/403, as on every route); only the admin token widens who may sign up.
+    (401/403, as on every route); only the admin token widens what a caller may do.
     """
-    settings = service.config.accounts
     if presented_token(request) is not None:
         principal = await resolve_principal(request, service)
         if principal.is_admin:
             return True
-    if settings.open_signup:
-        return True
     host = request.client.host if request.client else ""
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
         return False
     return any(
-        address in ipaddress.ip_network(net, strict=False) for net in settings.trusted_networks
+        address in ipaddress.ip_network(net, strict=False)
+        for net in service.config.accounts.trusted_networks
     )
+
+
+def _check_self_service(service: RelayService, plan: str) -> None:
+    """Plans outside ``accounts.self_service_plans`` are the operator's to hand out."""
+    if plan not in service.config.accounts.self_service_plans:
+        raise MaylngError(403, f"the {plan} plan is assigned by the operator (use the admin token)")
 
 
 async def create_account(request: Request) -> Response:
     """POST /v1/accounts: a new workspace with ``plan`` and its key (shown this once)."""
     service = service_of(request)
-    if not await _may_sign_up(request, service):
+    operator = await _is_operator(request, service)
+    if not (operator or service.config.accounts.open_signup):
         raise MaylngError(
             403,
             "account creation is not open: call from a trusted network or with the admin token",
         )
     body = await json_object(request, ACCOUNT_FIELDS)
     plan = _plan(body, "free")
+    assert plan is not None
+    if not operator:
+        _check_self_service(service, plan)
     now = service.clock()
     workspace_id = str(uuid.uuid4())
     key, key_row = new_key(service, workspace_id)
@@ -166,6 +174,8 @@ async def update_account(request: Request, account: Account) -> Response:
     plan = _plan(body, None)
     if plan is None:
         return JSONResponse(account_view(await _account_row(service, account)))
+    if not account.principal.is_admin:
+        _check_self_service(service, plan)
     values = {"plan": plan, "updated_at": service.clock()}
     row = await service.committer.run(
         lambda c: tenancy_store.update_workspace(c, account.workspace_id, values)

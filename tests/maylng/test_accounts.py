@@ -74,10 +74,12 @@ async def test_plan_defaults_to_free_and_is_checked(client: httpx.AsyncClient) -
     assert malformed.json()["error"].startswith("Malformed JSON body")
 
 
-async def _from(service: RelayService, host: str, **kwargs: Any) -> httpx.Response:
+async def _from(
+    service: RelayService, host: str, plan: str = "free", **kwargs: Any
+) -> httpx.Response:
     transport = httpx.ASGITransport(app=create_app(service), client=(host, 40000))
     async with httpx.AsyncClient(transport=transport, base_url="http://relay.test") as http:
-        return await http.post("/v1/accounts", json={"plan": "free"}, **kwargs)
+        return await http.post("/v1/accounts", json={"plan": plan}, **kwargs)
 
 
 async def test_signup_is_closed_to_strangers_unless_configured(
@@ -137,6 +139,40 @@ async def test_plan_change_takes_effect_at_once(accounts: Accounts) -> None:
     bad = await client.patch("/v1/account", headers=auth, json={"plan": "basic"})
     assert bad.status_code == 400
     assert bad.json() == {"error": "plan must be one of free, pro, enterprise"}
+
+
+async def test_enterprise_is_the_operators_to_hand_out(
+    accounts: Accounts,
+    service: RelayService,
+    make_config: Callable[..., Any],
+    db_url: str,
+    engine: Engine,
+) -> None:
+    client = accounts.client
+    created, auth = await accounts.create("free")
+    upgrade = await client.patch("/v1/account", headers=auth, json={"plan": "enterprise"})
+    assert upgrade.status_code == 403
+    assert upgrade.json() == {
+        "error": "the enterprise plan is assigned by the operator (use the admin token)"
+    }
+    assert (await client.get("/v1/account", headers=auth)).json()["plan"] == "free"
+    by_admin = await client.patch(
+        "/v1/account",
+        headers={**ADMIN, "X-Workspace-ID": created["id"]},
+        json={"plan": "enterprise"},
+    )
+    assert by_admin.status_code == 200 and by_admin.json()["plan"] == "enterprise"
+    # With open signup a stranger may create free or pro accounts, not enterprise ones.
+    open_service = RelayService(make_config(db_url, accounts={"open_signup": True}), engine)
+    await open_service.start()
+    try:
+        assert (await _from(open_service, "203.0.113.9", plan="pro")).status_code == 201
+        refused = await _from(open_service, "203.0.113.9", plan="enterprise")
+        assert refused.status_code == 403
+        trusted = await _from(open_service, "127.0.0.1", plan="enterprise")
+        assert trusted.status_code == 201
+    finally:
+        await open_service.close()
 
 
 async def test_rotating_the_key_cuts_the_old_one_at_once(accounts: Accounts) -> None:
