@@ -36,10 +36,13 @@ RESTART_KEYS = frozenset(
         "http.host",
         "http.port",
         "database.url",
+        "health.interval",  # the scheduler's job interval is set at start-up
     }
 )
 # Provider keys the router reads on every message; the rest is bound into the client.
-LIVE_PROVIDER_KEYS = frozenset({"enabled", "priority", "weight", "rate_limit", "workspace_id"})
+LIVE_PROVIDER_KEYS = frozenset(
+    {"enabled", "priority", "weight", "rate_limit", "rate_limit_per_second", "workspace_id"}
+)
 LOCKED = ("data_dir", "auth")
 
 

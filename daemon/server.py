@@ -21,6 +21,7 @@ import uvicorn
 from daemon.api.app import create_app
 from daemon.config import Config
 from daemon.delivery.dispatcher import Dispatcher
+from daemon.delivery.webhooks import WebhookSender
 from daemon.jobs import Jobs
 from daemon.overrides import apply_runtime, restore
 from daemon.providers import build_providers
@@ -84,6 +85,7 @@ class Server:
         self.smtp: SmtpListeners
         self.dispatcher: Dispatcher
         self.jobs: Jobs
+        self.webhooks: WebhookSender
 
     @property
     def data_dir(self) -> Path:
@@ -139,6 +141,9 @@ class Server:
         self.smtp = SmtpListeners(config, self.service, server_ssl_context(cert, key))
         await self.smtp.start()
         await self._start_http()
+        self.service.engagement.public_url = self.base_url
+        self.webhooks = WebhookSender(self.service)
+        await self.webhooks.start()
         self.jobs = Jobs(self.service)
         self.jobs.start()
         log.info(
@@ -209,6 +214,7 @@ class Server:
         self.service.accepting = False
         await self.smtp.stop()
         self.jobs.stop()
+        await self.webhooks.stop()
         await self.dispatcher.stop(self.config.queue.shutdown_grace.seconds)
         if self._uvicorn is not None and self._http_task is not None:
             self._uvicorn.should_exit = True

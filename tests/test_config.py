@@ -59,7 +59,10 @@ def test_provider_tables_and_env_override(tmp_path: Path) -> None:
     config = load_config(path, {"RELAY_PROVIDERS_UP_PORT": "2525"})
     up = config.providers["up"]
     assert (up.type, up.option("host"), up.option("port"), up.option("tls")) == (
-        "smtp", "mx.example", 2525, "starttls",
+        "smtp",
+        "mx.example",
+        2525,
+        "starttls",
     )
     assert up.option("timeout") == Duration(10.0, "10s")
     assert as_dict(config)["providers"]["up"]["password"] == "********"
@@ -69,17 +72,17 @@ def test_provider_tables_and_env_override(tmp_path: Path) -> None:
     ("toml", "env", "key", "fragment"),
     [
         ("[smtp]\nport = 70000\n", {}, "smtp.port", "port number"),
-        ("[smtp]\nport = \"x\"\n", {}, "smtp.port", "integer"),
+        ('[smtp]\nport = "x"\n', {}, "smtp.port", "integer"),
         ("[smtp]\nbogus = 1\n", {}, "smtp.bogus", "unknown setting"),
         ("[nope]\nx = 1\n", {}, "nope", "unknown setting"),
-        ("[queue]\nprocess_interval = \"soon\"\n", {}, "queue.process_interval", "not a duration"),
-        ("[smtp]\ntrusted_networks = [\"300.1.1.1\"]\n", {}, "smtp.trusted_networks", "not an IP"),
-        ("[smtp]\nbare_newline = \"allow\"\n", {}, "smtp.bare_newline", "must be one of"),
-        ("[smtp]\ntls_cert = \"/nonexistent.pem\"\n", {}, "smtp.tls_cert", "cannot read"),
+        ('[queue]\nprocess_interval = "soon"\n', {}, "queue.process_interval", "not a duration"),
+        ('[smtp]\ntrusted_networks = ["300.1.1.1"]\n', {}, "smtp.trusted_networks", "not an IP"),
+        ('[smtp]\nbare_newline = "allow"\n', {}, "smtp.bare_newline", "must be one of"),
+        ('[smtp]\ntls_cert = "/nonexistent.pem"\n', {}, "smtp.tls_cert", "cannot read"),
         ("", {"RELAY_HTTP_PORT": "eighty"}, "http.port", "integer"),
-        ("[providers.x]\ntype = \"carrier-pigeon\"\n", {}, "providers.x.type", "must be one of"),
-        ("[providers.x]\ntype = \"smtp\"\n", {}, "providers.x.host", "needs a host"),
-        ("[providers.x]\ntype = \"smtp\"\nhost = \"h\"\nfoo = 1\n", {}, "providers.x.foo", "unknown"),
+        ('[providers.x]\ntype = "carrier-pigeon"\n', {}, "providers.x.type", "must be one of"),
+        ('[providers.x]\ntype = "smtp"\n', {}, "providers.x.host", "needs a host"),
+        ('[providers.x]\ntype = "smtp"\nhost = "h"\nfoo = 1\n', {}, "providers.x.foo", "unknown"),
     ],
 )
 def test_bad_settings_name_the_key(

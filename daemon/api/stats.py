@@ -65,7 +65,10 @@ async def get_stats(request: Request, principal: Principal) -> Response:
         },
         "queue": {"total": sum(by_status.values()), **by_status},
         "processing": service.metrics.processing(),
-        "providers": service.metrics.providers(service.config.providers),
+        # Rates and latency of recent calls; status from each provider's circuit breaker.
+        "providers": service.providers_state.overlay(
+            service.metrics.providers(service.config.providers)
+        ),
         "rate_limits": {
             "global": {
                 "used_today": used_today,

@@ -56,3 +56,28 @@ def order_providers(
     for _, group in groupby(pool, key=lambda p: p.priority):
         order.extend(p.id for p in weighted_order(list(group), rng))
     return order
+
+
+# A message that found every candidate down or at its rate limit waits at least this
+# long (no busy loop) and at most this long (a limit or cool-down may end early).
+MIN_WAIT = 1.0
+MAX_WAIT = 300.0
+
+
+def wait_time(retry_ins: Iterable[float]) -> float:
+    """How long a message waits when no candidate could take it: until the first frees up."""
+    soonest = min(retry_ins, default=MAX_WAIT)
+    return min(MAX_WAIT, max(MIN_WAIT, soonest))
+
+
+def can_deliver(
+    providers: Iterable[ProviderConfig],
+    workspace_id: str,
+    down: Collection[str],
+    available: Collection[str] | None = None,
+) -> bool:
+    """Whether some candidate for the workspace is not down (false when there is none)."""
+    pool = candidates(providers, workspace_id)
+    if available is not None:
+        pool = [p for p in pool if p.id in available]
+    return any(p.id not in down for p in pool)

@@ -1,9 +1,10 @@
 """The dispatcher: claims due messages under a lease and hands them to providers.
 
-One loop claims batches (woken at once by new mail, else at the next due time
-or the fallback poll); each message is delivered in its own task, bounded by
-``queue.concurrency``; results are written back in batches through the group
-committer, together with any bounce (DSN) they cause.
+Each message's delivery round (routing, failover, retry decision, bounce) is
+:mod:`daemon.delivery.attempt`. One loop claims batches (woken at once by new
+mail, else at the next due time or the fallback poll); each message is delivered
+in its own task, bounded by ``queue.concurrency``; results are written back in
+batches through the group committer, together with any bounce (DSN) they cause.
 """
 
 from __future__ import annotations
@@ -18,41 +19,26 @@ import random
 import secrets
 import socket
 import time
-import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy.engine import Connection
 
 from daemon.config import Config
-from daemon.core import dsn, retry, routing, suppression
-from daemon.core.ids import message_id
-from daemon.core.message import (
-    Attempt,
-    ClaimedMessage,
-    NewMessage,
-    Outcome,
-    Recipient,
-)
-from daemon.providers.base import DeliveryResult, Envelope, Provider, RecipientResult
+from daemon.core import suppression
+from daemon.core.message import ClaimedMessage, NewMessage, Outcome
+from daemon.delivery.attempt import Deliverer
+from daemon.providers.base import Provider
 from daemon.service import RelayService
 from daemon.store import audience, queue
+from daemon.store import providers as provider_store
 
 log = logging.getLogger("relayd.delivery")
 
 # When a claim found nothing although something looked due (another daemon held
 # it for an instant), wait this long rather than spin.
 MIN_SLEEP = 0.01
-
-
-@dataclass(frozen=True)
-class _Failure:
-    """A recipient that will not be delivered, with the reply that says why."""
-
-    recipient: Recipient
-    result: RecipientResult
-    remote: str | None
 
 
 @dataclass
@@ -77,8 +63,8 @@ class Dispatcher:
         rng: random.Random | None = None,
     ) -> None:
         self.service = service
-        self.providers = providers  # reassign to swap providers after a reload
         self.rng = rng or random.Random()
+        self.deliverer = Deliverer(service, providers, self.rng)
         self.owner = worker_id()
         self.delivered = 0
         self.failed = 0
@@ -102,8 +88,19 @@ class Dispatcher:
     def config(self) -> Config:
         return self.service.config
 
+    @property
+    def providers(self) -> Mapping[str, Provider]:
+        return self.deliverer.providers
+
+    @providers.setter
+    def providers(self, providers: Mapping[str, Provider]) -> None:
+        """Swap providers (after a reload); the new ones get fresh breakers' checks."""
+        self.deliverer.providers = providers
+        self.service.providers_state.providers = providers
+
     async def start(self) -> None:
-        """Start the claim loop and the result writer."""
+        """Attach the providers to the health registry, start the claim loop and result writer."""
+        await self.service.providers_state.attach(self.providers)
         self._flush_task = asyncio.create_task(self._flusher(), name="delivery-results")
         self._loop_task = asyncio.create_task(self._run(), name="delivery-loop")
 
@@ -226,7 +223,11 @@ class Dispatcher:
     async def _deliver(self, message: ClaimedMessage) -> None:
         started = time.monotonic()
         try:
-            outcome, bounce = await self._unsuppressed_attempt(message)
+            # Tracking, List-Unsubscribe and VERP: rewritten once, before the first attempt.
+            message = await self.service.engagement.prepare(message)
+            outcome, bounce = await self.deliverer.run(
+                message, self._suppressed.pop(message.id, ())
+            )
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -241,19 +242,10 @@ class Dispatcher:
             log.warning("could not record the result of %s: %s", message.id, exc)
             return
         self._log(outcome)
+        await self.service.engagement.after_delivery(message, outcome)
         self.service.metrics.delivery_finished(
             message.workspace_id, outcome, time.monotonic() - started
         )
-
-    async def _unsuppressed_attempt(
-        self, message: ClaimedMessage
-    ) -> tuple[Outcome, NewMessage | None]:
-        """Deliver to the recipients that are not suppressed; record the suppressed ones."""
-        suppressed = self._suppressed.pop(message.id, ())
-        if suppressed and not message.recipients:
-            return suppression.all_suppressed(message, suppressed, self.service.clock()), None
-        outcome, bounce = await self._attempt(message)
-        return suppression.merge(outcome, suppressed), bounce
 
     def _log(self, outcome: Outcome) -> None:
         if outcome.status == "sent":
@@ -270,185 +262,6 @@ class Dispatcher:
         else:
             self.failed += 1
             log.info("%s %s: %s", outcome.message_id, outcome.status, outcome.error)
-
-    async def _attempt(self, message: ClaimedMessage) -> tuple[Outcome, NewMessage | None]:
-        """Try the routed providers in order; fail over on temporary and auth failures."""
-        config = self.config
-        if not message.recipients:
-            # Every recipient already has a final status; nothing is left to send.
-            return self._finished_without_recipients(message, self.service.clock()), None
-        order = routing.order_providers(
-            config.providers.values(), message.workspace_id, self.rng, available=self.providers
-        )
-        remaining = list(message.recipients)
-        attempts: list[Attempt] = []
-        statuses: list[tuple[str, str, str | None]] = []
-        failures: list[_Failure] = []
-        deferred: dict[str, _Failure] = {}
-        sent_via: str | None = None
-        provider_message_id: str | None = None
-        only_auth_errors = bool(order)
-
-        for pid in order:
-            if not remaining:
-                break
-            result, attempt = await self._try_provider(pid, message, remaining)
-            attempts.append(attempt)
-            by_address = {r.address: r for r in result.recipients}
-            still: list[Recipient] = []
-            for rcpt in remaining:
-                rr = by_address.get(rcpt.address) or RecipientResult(
-                    rcpt.address, result.outcome, result.code, result.reply
-                )
-                if rr.outcome == retry.SENT:
-                    statuses.append((rcpt.address, "sent", None))
-                    sent_via, provider_message_id = pid, result.provider_message_id
-                elif rr.outcome == retry.PERMANENT:
-                    failures.append(_Failure(rcpt, rr, result.remote))
-                else:
-                    still.append(rcpt)
-                    deferred[rcpt.address] = _Failure(rcpt, rr, result.remote)
-                    if rr.outcome == retry.TEMPORARY:
-                        only_auth_errors = False
-            remaining = still
-
-        now = self.service.clock()
-        if not order:
-            reply = f"no enabled provider for workspace {message.workspace_id!r}"
-            attempts.append(Attempt("none", retry.TEMPORARY, now, None, reply))
-            for rcpt in remaining:
-                deferred[rcpt.address] = _Failure(
-                    rcpt, RecipientResult(rcpt.address, retry.TEMPORARY, None, reply), None
-                )
-
-        retry_count = message.retry_count
-        next_attempt_at: datetime | None = None
-        if remaining:
-            kind = retry.AUTH_ERROR if only_auth_errors else retry.TEMPORARY
-            decision = retry.decide(
-                kind,
-                message.retry_count,
-                retry.effective_max_retries(message.max_retries, config.queue.max_retries),
-                now,
-                config.queue.retry_base.seconds,
-                config.queue.retry_max.seconds,
-                self.rng,
-            )
-            status, retry_count = decision.status, decision.retry_count
-            next_attempt_at = decision.next_attempt_at
-            if status != "queued":
-                for rcpt in remaining:
-                    failure = deferred[rcpt.address]
-                    statuses.append((rcpt.address, status, failure.result.reply or None))
-                    if status == "failed":
-                        failures.append(failure)
-        else:
-            status = "sent" if sent_via else "failed"
-        for failure in failures:
-            if failure.result.outcome == retry.PERMANENT:
-                statuses.append((failure.recipient.address, "failed", failure.result.reply))
-
-        still_deferred = [] if status == "failed" else [deferred[r.address] for r in remaining]
-        error = self._error_text([*failures, *still_deferred])
-        outcome = Outcome(
-            message_id=message.id,
-            lease_owner=message.lease_owner,
-            status=status,
-            processed_at=now,
-            retry_count=retry_count,
-            next_attempt_at=next_attempt_at,
-            provider=sent_via or (attempts[-1].provider if order else None),
-            provider_message_id=provider_message_id,
-            error=error,
-            attempts=tuple(attempts),
-            recipient_status=tuple(statuses),
-        )
-        return outcome, self._bounce(message, failures, now)
-
-    @staticmethod
-    def _finished_without_recipients(message: ClaimedMessage, now: datetime) -> Outcome:
-        return Outcome(
-            message_id=message.id,
-            lease_owner=message.lease_owner,
-            status="failed",
-            processed_at=now,
-            retry_count=message.retry_count,
-            error="no recipients left to deliver",
-        )
-
-    async def _try_provider(
-        self, pid: str, message: ClaimedMessage, recipients: list[Recipient]
-    ) -> tuple[DeliveryResult, Attempt]:
-        provider = self.providers[pid]
-        attempted_at = self.service.clock()
-        started = time.monotonic()
-        try:
-            result = await provider.send(Envelope.of(message, recipients))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.exception("provider %s failed unexpectedly on %s", pid, message.id)
-            result = DeliveryResult.uniform(
-                retry.TEMPORARY, recipients, reply=f"provider error: {type(exc).__name__}: {exc}"
-            )
-        elapsed = int((time.monotonic() - started) * 1000)
-        attempt = Attempt(pid, result.outcome, attempted_at, result.code, result.reply, elapsed)
-        return result, attempt
-
-    @staticmethod
-    def _error_text(failures: Sequence[_Failure]) -> str | None:
-        parts = [f"{f.recipient.address}: {f.result.reply}" for f in failures]
-        return "; ".join(parts)[:2000] if parts else None
-
-    def _bounce(
-        self, message: ClaimedMessage, failures: Sequence[_Failure], now: datetime
-    ) -> NewMessage | None:
-        """The DSN for recipients that failed for good, if the sender and NOTIFY want one."""
-        if not dsn.may_bounce(message.mail_from):
-            return None
-        reported = [
-            dsn.ReportedRecipient(
-                address=f.recipient.address,
-                status=dsn.status_code(f.result.code, f.result.reply, f.result.outcome),
-                diagnostic=f.result.reply,
-                orcpt=f.recipient.orcpt,
-                remote_mta=f.remote,
-            )
-            for f in failures
-            if dsn.wants_report(f.recipient.notify, "failure")
-        ]
-        if not reported:
-            return None
-        hostname = self.config.smtp.hostname or socket.getfqdn()
-        bounce_id = message_id(int(now.timestamp() * 1000))
-        raw = dsn.build_dsn(
-            original=message.raw,
-            mail_from=message.mail_from,
-            recipients=reported,
-            hostname=hostname,
-            arrival=message.queued_at,
-            now=now,
-            message_id=bounce_id,
-            envid=message.dsn_envid,
-            ret=message.dsn_ret,
-        )
-        return NewMessage(
-            id=bounce_id,
-            uuid=str(uuid.uuid4()),
-            mail_from="",
-            recipients=[Recipient(message.mail_from)],
-            raw=raw,
-            queued_at=now,
-            next_attempt_at=now,
-            workspace_id=message.workspace_id,
-            campaign_id=message.campaign_id,
-            source="dsn",
-            from_header=f"MAILER-DAEMON@{hostname}",
-            to=[message.mail_from],
-            subject="Undelivered Mail Returned to Sender",
-            headers={"Message-ID": f"<{bounce_id}@{hostname}>"},
-            metadata={"dsn_for": message.id},
-        )
 
     # -- writing results -------------------------------------------------------------
 
@@ -486,7 +299,13 @@ def _claim_batch(
 
 
 def _apply(conn: Connection, batch: Sequence[_Pending]) -> bool:
-    """Apply outcomes; a bounce is queued in the same transaction as its failure."""
+    """Apply outcomes; a bounce is queued in the same transaction as its failure.
+
+    The providers' running counters move in the same transaction as the attempts.
+    """
+    if batch:
+        day = batch[0].outcome.processed_at.date().isoformat()
+        provider_store.count_attempts(conn, (a for p in batch for a in p.outcome.attempts), day)
     plain = [p.outcome for p in batch if p.bounce is None]
     queue.apply_outcomes(conn, plain)
     wake = any(o.status == "queued" for o in plain)

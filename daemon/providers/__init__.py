@@ -10,14 +10,22 @@ from daemon.providers.base import (
     Provider,
     RecipientResult,
 )
+from daemon.providers.gmail import GmailProvider
+from daemon.providers.mailgun import MailgunProvider
 from daemon.providers.outbox import OutboxProvider
+from daemon.providers.sendgrid import SendgridProvider
 from daemon.providers.smtp import SmtpProvider
 
-AVAILABLE_TYPES = ("outbox", "smtp")
+AVAILABLE_TYPES = ("outbox", "smtp", "mailgun", "gmail", "sendgrid")
+_HTTP_TYPES: dict[str, type[MailgunProvider] | type[GmailProvider] | type[SendgridProvider]] = {
+    "mailgun": MailgunProvider,
+    "gmail": GmailProvider,
+    "sendgrid": SendgridProvider,
+}
 
 
 def build_providers(config: Config) -> dict[str, Provider]:
-    """One provider per ``[providers.<id>]`` section; a type not built yet is a ConfigError."""
+    """One provider per ``[providers.<id>]`` section; bad settings are a ConfigError."""
     built: dict[str, Provider] = {}
     for pid, pc in config.providers.items():
         if pc.type == "outbox":
@@ -28,10 +36,12 @@ def build_providers(config: Config) -> dict[str, Provider]:
             except OSError as exc:
                 # e.g. an unreadable ca_file or password_file
                 raise ConfigError(f"providers.{pid}", str(exc)) from None
+        elif pc.type in _HTTP_TYPES:
+            built[pid] = _HTTP_TYPES[pc.type].from_config(pc, config)
         else:
             raise ConfigError(
                 f"providers.{pid}.type",
-                f"provider type {pc.type!r} is not available yet "
+                f"provider type {pc.type!r} is not available "
                 f"(available: {', '.join(AVAILABLE_TYPES)})",
             )
     return built
@@ -41,10 +51,13 @@ __all__ = [
     "AVAILABLE_TYPES",
     "DeliveryResult",
     "Envelope",
+    "GmailProvider",
     "HealthResult",
+    "MailgunProvider",
     "OutboxProvider",
     "Provider",
     "RecipientResult",
+    "SendgridProvider",
     "SmtpProvider",
     "build_providers",
 ]

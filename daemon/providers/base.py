@@ -26,7 +26,7 @@ class Envelope:
         """The envelope of a claimed message, optionally for a subset of its recipients."""
         return cls(
             id=message.id,
-            mail_from=message.mail_from,
+            mail_from=message.return_path or message.mail_from,
             recipients=list(message.recipients if recipients is None else recipients),
             raw=message.raw,
             dsn_ret=message.dsn_ret,

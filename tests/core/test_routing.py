@@ -5,7 +5,10 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+import pytest
+
 from daemon.config import ProviderConfig
+from daemon.core import routing
 from daemon.core.routing import candidates, order_providers
 
 
@@ -64,3 +67,42 @@ def test_same_seed_same_order() -> None:
     assert order_providers(providers, "ws", random.Random(9)) == order_providers(
         providers, "ws", random.Random(9)
     )
+
+
+@pytest.mark.parametrize(
+    ("retry_ins", "wait"),
+    [
+        ([], routing.MAX_WAIT),
+        ([0.0], routing.MIN_WAIT),
+        ([12.5, 3.0], 3.0),
+        ([1e9], routing.MAX_WAIT),
+    ],
+)
+def test_wait_time_is_the_first_provider_to_free_up(retry_ins: list[float], wait: float) -> None:
+    assert routing.wait_time(retry_ins) == wait
+
+
+@pytest.mark.parametrize(
+    ("down", "workspace", "expected"),
+    [
+        (set(), "ws", True),
+        ({"a"}, "ws", True),
+        ({"a", "b"}, "ws", False),
+        ({"own"}, "ws-own", False),  # a workspace's own providers replace the global ones
+        ({"a", "b"}, "ws-own", True),
+    ],
+)
+def test_can_deliver_while_a_candidate_is_not_down(
+    down: set[str], workspace: str, expected: bool
+) -> None:
+    providers = [
+        ProviderConfig("a", "smtp"),
+        ProviderConfig("b", "smtp", priority=2),
+        ProviderConfig("off", "smtp", enabled=False),
+        ProviderConfig("own", "smtp", workspace_id="ws-own"),
+    ]
+    assert routing.can_deliver(providers, workspace, down) is expected
+
+
+def test_no_candidate_cannot_deliver() -> None:
+    assert routing.can_deliver([ProviderConfig("off", "smtp", enabled=False)], "ws", set()) is False

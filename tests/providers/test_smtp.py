@@ -352,12 +352,17 @@ def test_build_providers(make_config: object, tmp_path: Path) -> None:
     assert built["up"].local_hostname == "relay.test"
 
 
-@pytest.mark.parametrize("ptype", ["mailgun", "sendgrid"])
-def test_types_not_available_yet_are_config_errors(ptype: str, make_config: object) -> None:
+@pytest.mark.parametrize(
+    ("ptype", "missing"),
+    [("mailgun", "domain"), ("sendgrid", "api_key"), ("gmail", "service_account_file")],
+)
+def test_incomplete_provider_settings_are_config_errors(
+    ptype: str, missing: str, make_config: object
+) -> None:
+    options = {"mailgun": {"api_key": "k"}, "sendgrid": {}, "gmail": {}}[ptype]
     config = make_config(  # type: ignore[operator]
-        providers={"later": {"type": ptype, "api_key": "k"}}
+        providers={"later": {"type": ptype, **options}}
     )
     with pytest.raises(ConfigError) as info:
         build_providers(config)
-    assert info.value.key == "providers.later.type"
-    assert "not available yet" in str(info.value)
+    assert info.value.key == f"providers.later.{missing}"

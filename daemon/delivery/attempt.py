@@ -1,0 +1,280 @@
+"""One delivery round of one claimed message: route, try providers in turn, decide what next.
+
+The providers come from :func:`daemon.core.routing.order_providers` (the
+workspace's own or the global ones, priority order, weighted within a
+priority). Each is asked through ``service.providers_state`` first: a provider
+whose circuit is open or that is at its rate limit is skipped for this round. A
+temporary failure (or a timeout) or refused credentials fail over to the next
+provider; a permanent refusal of a recipient does not. When no provider could
+even be tried (all down or limited) the message waits for the first one to free
+up without using one of its retries; it is requeued with ``ALL_PROVIDERS_DOWN``
+(or the rate limit) as its error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from daemon.config import Config
+from daemon.core import dsn, retry, routing, suppression
+from daemon.core.ids import message_id
+from daemon.core.message import Attempt, ClaimedMessage, NewMessage, Outcome, Recipient
+from daemon.providers.base import DeliveryResult, Envelope, Provider, RecipientResult
+from daemon.providers.health import BREAKER_OPEN, Admission
+from daemon.service import RelayService
+from daemon.store.providers import WAITING_PREFIX
+
+log = logging.getLogger("relayd.delivery")
+
+ALL_PROVIDERS_DOWN = WAITING_PREFIX
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A recipient that will not be delivered (yet), with the reply that says why."""
+
+    recipient: Recipient
+    result: RecipientResult
+    remote: str | None
+
+
+class Deliverer:
+    """Runs delivery rounds for the dispatcher; ``providers`` may be swapped after a reload."""
+
+    def __init__(
+        self, service: RelayService, providers: Mapping[str, Provider], rng: random.Random
+    ) -> None:
+        self.service = service
+        self.providers = providers
+        self.rng = rng
+
+    @property
+    def config(self) -> Config:
+        return self.service.config
+
+    async def run(
+        self, message: ClaimedMessage, suppressed: suppression.Suppressed = ()
+    ) -> tuple[Outcome, NewMessage | None]:
+        """Deliver to the recipients that are not suppressed; record the suppressed ones."""
+        if suppressed and not message.recipients:
+            return suppression.all_suppressed(message, suppressed, self.service.clock()), None
+        outcome, bounce = await self.attempt(message)
+        return suppression.merge(outcome, suppressed), bounce
+
+    async def attempt(self, message: ClaimedMessage) -> tuple[Outcome, NewMessage | None]:
+        """Try the routed providers in order; fail over on temporary and auth failures."""
+        config = self.config
+        if not message.recipients:
+            # Every recipient already has a final status; nothing is left to send.
+            return _finished_without_recipients(message, self.service.clock()), None
+        order = routing.order_providers(
+            config.providers.values(), message.workspace_id, self.rng, available=self.providers
+        )
+        remaining = list(message.recipients)
+        attempts: list[Attempt] = []
+        statuses: list[tuple[str, str, str | None]] = []
+        failures: list[Failure] = []
+        deferred: dict[str, Failure] = {}
+        skipped: list[tuple[str, Admission]] = []
+        sent_via: str | None = None
+        provider_message_id: str | None = None
+        only_auth_errors = bool(order)
+
+        for pid in order:
+            if not remaining:
+                break
+            admission = self.service.providers_state.admit(pid)
+            if not admission.allowed:
+                skipped.append((pid, admission))
+                continue
+            result, attempt = await self._try_provider(pid, message, remaining, admission.probe)
+            attempts.append(attempt)
+            by_address = {r.address: r for r in result.recipients}
+            still: list[Recipient] = []
+            for rcpt in remaining:
+                rr = by_address.get(rcpt.address) or RecipientResult(
+                    rcpt.address, result.outcome, result.code, result.reply
+                )
+                if rr.outcome == retry.SENT:
+                    statuses.append((rcpt.address, "sent", None))
+                    sent_via, provider_message_id = pid, result.provider_message_id
+                elif rr.outcome == retry.PERMANENT:
+                    failures.append(Failure(rcpt, rr, result.remote))
+                else:
+                    still.append(rcpt)
+                    deferred[rcpt.address] = Failure(rcpt, rr, result.remote)
+                    if rr.outcome == retry.TEMPORARY:
+                        only_auth_errors = False
+            remaining = still
+
+        now = self.service.clock()
+        if order and not attempts:
+            return self._wait(message, skipped, now), None
+        if not order:
+            reply = f"no enabled provider for workspace {message.workspace_id!r}"
+            attempts.append(Attempt("none", retry.TEMPORARY, now, None, reply))
+            for rcpt in remaining:
+                deferred[rcpt.address] = Failure(
+                    rcpt, RecipientResult(rcpt.address, retry.TEMPORARY, None, reply), None
+                )
+
+        retry_count = message.retry_count
+        next_attempt_at: datetime | None = None
+        if remaining:
+            kind = retry.AUTH_ERROR if only_auth_errors else retry.TEMPORARY
+            decision = retry.decide(
+                kind,
+                message.retry_count,
+                retry.effective_max_retries(message.max_retries, config.queue.max_retries),
+                now,
+                config.queue.retry_base.seconds,
+                config.queue.retry_max.seconds,
+                self.rng,
+            )
+            status, retry_count = decision.status, decision.retry_count
+            next_attempt_at = decision.next_attempt_at
+            if status != "queued":
+                for rcpt in remaining:
+                    failure = deferred[rcpt.address]
+                    statuses.append((rcpt.address, status, failure.result.reply or None))
+                    if status == "failed":
+                        failures.append(failure)
+        else:
+            status = "sent" if sent_via else "failed"
+        for failure in failures:
+            if failure.result.outcome == retry.PERMANENT:
+                statuses.append((failure.recipient.address, "failed", failure.result.reply))
+
+        still_deferred = [] if status == "failed" else [deferred[r.address] for r in remaining]
+        error = _error_text([*failures, *still_deferred])
+        outcome = Outcome(
+            message_id=message.id,
+            lease_owner=message.lease_owner,
+            status=status,
+            processed_at=now,
+            retry_count=retry_count,
+            next_attempt_at=next_attempt_at,
+            provider=sent_via or (attempts[-1].provider if order else None),
+            provider_message_id=provider_message_id,
+            error=error,
+            attempts=tuple(attempts),
+            recipient_status=tuple(statuses),
+        )
+        return outcome, self._bounce(message, failures, now)
+
+    def _wait(
+        self, message: ClaimedMessage, skipped: Sequence[tuple[str, Admission]], now: datetime
+    ) -> Outcome:
+        """Every candidate was down or at its rate limit: requeue without using a retry."""
+        delay = routing.wait_time(a.retry_in for _, a in skipped)
+        if all(a.reason == BREAKER_OPEN for _, a in skipped):
+            error = f"{ALL_PROVIDERS_DOWN}: every provider is down; waiting {delay:.0f}s"
+        else:
+            reasons = ", ".join(f"{pid}: {a.reason}" for pid, a in skipped)
+            error = f"no provider can take the message now ({reasons}); waiting {delay:.0f}s"
+        return Outcome(
+            message_id=message.id,
+            lease_owner=message.lease_owner,
+            status="queued",
+            processed_at=now,
+            retry_count=message.retry_count,
+            next_attempt_at=now + timedelta(seconds=delay),
+            error=error,
+        )
+
+    async def _try_provider(
+        self, pid: str, message: ClaimedMessage, recipients: list[Recipient], probe: bool
+    ) -> tuple[DeliveryResult, Attempt]:
+        provider = self.providers[pid]
+        health = self.service.providers_state
+        attempted_at = self.service.clock()
+        started = time.monotonic()
+        try:
+            result = await provider.send(Envelope.of(message, recipients))
+        except asyncio.CancelledError:
+            if probe:
+                health.abandon(pid)
+            raise
+        except Exception as exc:
+            log.exception("provider %s failed unexpectedly on %s", pid, message.id)
+            result = DeliveryResult.uniform(
+                retry.TEMPORARY, recipients, reply=f"provider error: {type(exc).__name__}: {exc}"
+            )
+        health.record(pid, result.outcome, result.reply)
+        elapsed = int((time.monotonic() - started) * 1000)
+        attempt = Attempt(pid, result.outcome, attempted_at, result.code, result.reply, elapsed)
+        return result, attempt
+
+    def _bounce(
+        self, message: ClaimedMessage, failures: Sequence[Failure], now: datetime
+    ) -> NewMessage | None:
+        """The DSN for recipients that failed for good, if the sender and NOTIFY want one."""
+        if not dsn.may_bounce(message.mail_from):
+            return None
+        reported = [
+            dsn.ReportedRecipient(
+                address=f.recipient.address,
+                status=dsn.status_code(f.result.code, f.result.reply, f.result.outcome),
+                diagnostic=f.result.reply,
+                orcpt=f.recipient.orcpt,
+                remote_mta=f.remote,
+            )
+            for f in failures
+            if dsn.wants_report(f.recipient.notify, "failure")
+        ]
+        if not reported:
+            return None
+        hostname = self.config.smtp.hostname or socket.getfqdn()
+        bounce_id = message_id(int(now.timestamp() * 1000))
+        raw = dsn.build_dsn(
+            original=message.raw,
+            mail_from=message.mail_from,
+            recipients=reported,
+            hostname=hostname,
+            arrival=message.queued_at,
+            now=now,
+            message_id=bounce_id,
+            envid=message.dsn_envid,
+            ret=message.dsn_ret,
+        )
+        return NewMessage(
+            id=bounce_id,
+            uuid=str(uuid.uuid4()),
+            mail_from="",
+            recipients=[Recipient(message.mail_from)],
+            raw=raw,
+            queued_at=now,
+            next_attempt_at=now,
+            workspace_id=message.workspace_id,
+            campaign_id=message.campaign_id,
+            source="dsn",
+            from_header=f"MAILER-DAEMON@{hostname}",
+            to=[message.mail_from],
+            subject="Undelivered Mail Returned to Sender",
+            headers={"Message-ID": f"<{bounce_id}@{hostname}>"},
+            metadata={"dsn_for": message.id},
+        )
+
+
+def _finished_without_recipients(message: ClaimedMessage, now: datetime) -> Outcome:
+    return Outcome(
+        message_id=message.id,
+        lease_owner=message.lease_owner,
+        status="failed",
+        processed_at=now,
+        retry_count=message.retry_count,
+        error="no recipients left to deliver",
+    )
+
+
+def _error_text(failures: Sequence[Failure]) -> str | None:
+    parts = [f"{f.recipient.address}: {f.result.reply}" for f in failures]
+    return "; ".join(parts)[:2000] if parts else None

@@ -1,0 +1,141 @@
+"""The mailgun provider: ``POST /v3/{domain}/messages.mime`` with the accepted bytes unchanged.
+
+Mailgun's sending API takes the MIME message as the ``message`` file of a
+multipart form and the envelope recipients as repeated ``to`` fields, with HTTP
+basic auth ``api:<key>``. Answers: 200 ``{"id": "<...>", "message": "Queued..."}``
+(the id, without angle brackets, becomes ``provider_message_id``); 400 the
+message or a recipient is refused (permanent); 401/403 the key is refused
+(auth_error); 404 the domain is not on the account (auth_error too: it is our
+configuration, not the message, and the next provider can still take it);
+429 and 5xx are temporary, like timeouts.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import httpx
+
+from daemon.config import Config, ConfigError, ProviderConfig
+from daemon.core.retry import AUTH_ERROR, PERMANENT, SENT
+from daemon.providers.base import DeliveryResult, Envelope, HealthResult
+from daemon.providers.rest import RestProvider, client_settings, make_client, required
+
+REGIONS = {"US": "https://api.mailgun.net", "EU": "https://api.eu.mailgun.net"}
+
+
+def mailgun_base_url(region: str, base_url: str = "") -> str:
+    """The API root: an explicit ``base_url`` wins over the region's."""
+    return (base_url or REGIONS[region.upper()]).rstrip("/")
+
+
+def form_data(recipients: list[str], raw: bytes) -> tuple[str, bytes]:
+    """The multipart/form-data body (RFC 7578) in one piece: ``to`` fields, ``message`` file.
+
+    Built whole rather than streamed part by part, so the request leaves in one write.
+    """
+    boundary = secrets.token_hex(16)
+    while boundary.encode() in raw:  # practically never; the boundary must not occur inside
+        boundary = secrets.token_hex(16)
+    chunks = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="to"\r\n\r\n{address}\r\n'.encode()
+        for address in recipients
+    ]
+    chunks.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="message"; '
+        f'filename="message.mime"\r\nContent-Type: message/rfc822\r\n\r\n'.encode()
+    )
+    chunks += [raw, f"\r\n--{boundary}--\r\n".encode()]
+    return f"multipart/form-data; boundary={boundary}", b"".join(chunks)
+
+
+def strip_brackets(message_id: str) -> str:
+    return message_id.strip().removeprefix("<").removesuffix(">")
+
+
+class MailgunProvider(RestProvider):
+    """Delivers through Mailgun's MIME sending endpoint."""
+
+    type = "mailgun"
+
+    def __init__(
+        self,
+        provider_id: str,
+        api_key: str,
+        domain: str,
+        client: httpx.AsyncClient,
+        max_connections: int = 16,
+    ) -> None:
+        super().__init__(provider_id, client, max_connections)
+        self._auth = httpx.BasicAuth("api", api_key)
+        self.domain = domain
+
+    @classmethod
+    def from_config(cls, pc: ProviderConfig, config: Config) -> MailgunProvider:
+        region = str(pc.option("region", "US")).upper()
+        if region not in REGIONS:
+            raise ConfigError(f"providers.{pc.id}.region", "must be 'US' or 'EU'")
+        timeout, connections = client_settings(pc)
+        base = mailgun_base_url(region, pc.option("base_url", ""))
+        return cls(
+            pc.id,
+            api_key=required(pc, "api_key"),
+            domain=required(pc, "domain"),
+            client=make_client(base, timeout, connections),
+            max_connections=connections,
+        )
+
+    async def send(self, envelope: Envelope) -> DeliveryResult:
+        if not envelope.recipients:
+            raise ValueError("an envelope needs at least one recipient")
+        addresses = [r.address for r in envelope.recipients]
+        if any("\r" in a or "\n" in a or '"' in a for a in addresses):
+            reply = "a recipient address cannot be sent as a form field"
+            return DeliveryResult.uniform(PERMANENT, envelope.recipients, reply=reply)
+        content_type, body = form_data(addresses, envelope.raw)
+        async with self._slots:
+            try:
+                response = await self.client.post(
+                    f"/v3/{self.domain}/messages.mime",
+                    content=body,
+                    headers={"Content-Type": content_type},
+                    auth=self._auth,
+                )
+            except httpx.HTTPError as exc:
+                return self.failure(exc, envelope.recipients)
+        if response.status_code == 200:
+            try:
+                message_id = strip_brackets(str(response.json()["id"]))
+            except (ValueError, KeyError, TypeError):
+                message_id = None
+            return DeliveryResult.uniform(
+                SENT,
+                envelope.recipients,
+                200,
+                f"200 {_message(response)}",
+                provider_message_id=message_id,
+                remote=self.remote,
+            )
+        if response.status_code == 404:
+            return self.refused(response, envelope.recipients, AUTH_ERROR)
+        return self.refused(response, envelope.recipients)
+
+    async def check(self) -> HealthResult:
+        """``GET /v3/domains/{domain}``: the key works and the domain is active."""
+        result, response = await self.probe("GET", f"/v3/domains/{self.domain}", self._auth)
+        if not result.healthy or response is None:
+            return result
+        try:
+            state = str(response.json()["domain"]["state"])
+        except (ValueError, KeyError, TypeError):
+            return HealthResult(False, result.latency_ms, "unexpected answer from Mailgun")
+        if state != "active":
+            return HealthResult(False, result.latency_ms, f"domain {self.domain} is {state}")
+        return HealthResult(True, result.latency_ms, f"domain {self.domain} is active")
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("message", "Queued"))
+    except ValueError:
+        return "Queued"
