@@ -49,6 +49,8 @@ BODY = {
 def serve(port: int, data_dir: str) -> None:
     """The server side (run in a subprocess): relayd's API app plus /bare on one uvicorn."""
     sys.path.insert(0, str(ROOT))
+    # As relayd runs (daemon/cli.py): the store's writer thread gets the GIL back quickly.
+    sys.setswitchinterval(0.001)
     import uvicorn
     from starlette.applications import Starlette
     from starlette.requests import Request

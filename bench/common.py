@@ -296,6 +296,7 @@ url = "{database_url}"
 
 [rate_limits]
 global_daily = 0
+workspace_default = 0
 """
 
 SINK_PROVIDER = """

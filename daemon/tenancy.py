@@ -5,7 +5,10 @@ Shared by the HTTP API and the SMTP handler. What is cached, and why it is safe:
 - a *valid* key lookup for :data:`KEY_CACHE_SECONDS` (a revocation through this
   daemon drops it at once; another daemon sees it within that second);
 - a workspace row (plan, quota overrides) for :data:`WORKSPACE_CACHE_SECONDS`;
-- the burst window (requests within one second) lives in memory, per daemon.
+- the burst window (requests within one second) lives in memory, per daemon;
+- an admin caller's rate-limit headers for the rest of the clock second, and a
+  quota look that found room (SMTP RCPT) for QUOTA_LOOK_SECONDS: admission
+  itself (daemon.store.admission) always counts exactly.
 
 Hourly, daily and per-minute endpoint request counters and the daily quotas are
 counted in the database with one conditional upsert per window
@@ -34,7 +37,7 @@ from daemon.core.tenancy import (
     WorkspaceInfo,
     hash_key,
 )
-from daemon.store import queue
+from daemon.store import admission, queue
 from daemon.store import tenancy as store
 from daemon.store.tenancy import Bucket
 
@@ -56,6 +59,7 @@ __all__ = [
 KEY_CACHE_SECONDS = 1.0
 WORKSPACE_CACHE_SECONDS = 2.0
 REPORT_CACHE_SECONDS = 1.0
+QUOTA_LOOK_SECONDS = 1.0
 TOUCH_EVERY = timedelta(minutes=1)
 IDEMPOTENCY_TTL = timedelta(hours=24)
 
@@ -76,6 +80,8 @@ class Tenancy:
         self._workspaces: dict[str, tuple[float, WorkspaceInfo]] = {}
         self._burst: dict[str, tuple[int, int]] = {}
         self._reports: dict[str, tuple[float, tuple[int, ...]]] = {}
+        self._report_headers: dict[tuple[str, str, str], tuple[int, float, dict[str, str]]] = {}
+        self._roomy: dict[str, float] = {}  # quota windows last seen with room (quota_left)
 
     # Keys ------------------------------------------------------------------
 
@@ -230,9 +236,18 @@ class Tenancy:
         return RateDecision(plans.rate_headers(window, workspace_id, now))
 
     async def report_requests(self, workspace_id: str, method: str, path: str) -> RateDecision:
-        """Headers for an exempt caller (admin): the workspace's windows, not counted."""
-        workspace = await self.workspace(workspace_id)
+        """Headers for an exempt caller (admin): the workspace's windows, not counted.
+
+        The headers are kept for the rest of the clock second (and at most
+        REPORT_CACHE_SECONDS): an admin caller's requests cost no lookups.
+        """
         now = self._service.clock()
+        second = int(now.timestamp())
+        clock = self._monotonic()
+        known = self._report_headers.get((workspace_id, method, path))
+        if known is not None and known[0] == second and clock - known[1] < REPORT_CACHE_SECONDS:
+            return RateDecision(known[2])
+        workspace = await self.workspace(workspace_id)
         buckets = self._request_buckets(workspace, method, path, now)
         cache_key = "|".join(b.key + b.window_start.isoformat() for _, _, b in buckets)
         cached = self._reports.get(cache_key)
@@ -247,7 +262,11 @@ class Tenancy:
                 self._reports.clear()
             self._reports[cache_key] = (clock, counts)
         window = plans.most_constraining(self._uses(buckets, counts, now))
-        return RateDecision(plans.rate_headers(window, workspace_id, now))
+        headers = plans.rate_headers(window, workspace_id, now)
+        if len(self._report_headers) > 10000:
+            self._report_headers.clear()
+        self._report_headers[(workspace_id, method, path)] = (second, clock, headers)
+        return RateDecision(headers)
 
     # Daily sending quotas --------------------------------------------------
 
@@ -309,6 +328,12 @@ class Tenancy:
         now = self._service.clock()
         named = [*self.quota_buckets(workspace, message.user_id, now), *extra]
         buckets = [b for _, b in named]
+        if idempotency is None:  # the hot path: one batch of statements per commit
+            batched = await self._service.committer.run_batched(
+                admission.admit, admission.Admission(message, tuple(buckets))
+            )
+            self._refuse_or_wake(named, batched, now)
+            return
         cutoff = now - IDEMPOTENCY_TTL
 
         def op(conn: Connection) -> tuple[Any, store.Consumed | None]:
@@ -337,6 +362,12 @@ class Tenancy:
         if earlier is not None:
             raise IdempotentReplay(earlier)
         assert consumed is not None
+        self._refuse_or_wake(named, consumed, now)
+
+    def _refuse_or_wake(
+        self, named: Sequence[tuple[str, Bucket]], consumed: store.Consumed, now: datetime
+    ) -> None:
+        """QuotaExceeded for a refused message; otherwise wake the delivery workers."""
         if not consumed.ok and consumed.refused is not None:
             scope, bucket = named[consumed.refused]
             assert bucket.limit is not None
@@ -345,16 +376,33 @@ class Tenancy:
         self._service.wake.set()
 
     async def quota_left(self, workspace_id: str | None) -> QuotaExceeded | None:
-        """A cheap look (no reservation) whether today's quotas have room for one more."""
+        """A cheap look (no reservation) whether today's quotas have room for one more.
+
+        Only an early refusal (SMTP RCPT): admission re-checks exactly. So a look
+        that found room is trusted for QUOTA_LOOK_SECONDS, and unlimited windows
+        need no look at all.
+        """
         workspace = await self.workspace(workspace_id or "default")
         now = self._service.clock()
         named = self.quota_buckets(workspace, None, now)
         if workspace_id is None:
             named = named[:1]
+        named = [(scope, bucket) for scope, bucket in named if bucket.limit is not None]
+        if not named:
+            return None
+        key = "|".join(f"{b.key}@{b.window_start.isoformat()}" for _, b in named)
+        clock = self._monotonic()
+        roomy = self._roomy.get(key)
+        if roomy is not None and clock - roomy < QUOTA_LOOK_SECONDS:
+            return None
         counts = await self._service.reader.run(lambda c: store.peek(c, [b for _, b in named]))
         for (scope, bucket), used in zip(named, counts, strict=True):
             if bucket.limit is not None and used >= bucket.limit:
+                self._roomy.pop(key, None)
                 return QuotaExceeded(scope, bucket.limit, used, plans.window_reset(now, plans.DAY))
+        if len(self._roomy) > 10000:
+            self._roomy.clear()
+        self._roomy[key] = clock
         return None
 
     async def quota_status(self, workspace_id: str) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from daemon.core.accounts import is_maylng_path
@@ -191,6 +191,17 @@ async def on_not_accepting(request: Request, exc: Exception) -> Response:
     )
 
 
+async def on_client_disconnect(request: Request, exc: Exception) -> Response:
+    """The client left while its body was being read: nobody to answer, nothing went wrong."""
+    log.debug(
+        "client disconnected during %s %s [%s]",
+        request.method,
+        request.url.path,
+        request_id_of(request),
+    )
+    return Response(status_code=400)  # the connection is gone: the server drops it
+
+
 def internal_error(request: Request, exc: BaseException) -> Response:
     """A bug: log one line with the request id (traceback at debug level), answer 500."""
     rid = request_id_of(request)
@@ -211,4 +222,5 @@ EXCEPTION_HANDLERS = {
     HTTPException: on_http_exception,
     StoreError: on_store_error,
     NotAccepting: on_not_accepting,
+    ClientDisconnect: on_client_disconnect,
 }

@@ -7,6 +7,7 @@ INVALID_EMAIL_FORMAT (syntax only, through email-validator; no DNS).
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -65,8 +66,9 @@ def check_text(value: Any, path: str = "") -> None:
                 raise invalid(where or "body", "strings must be valid Unicode") from None
 
 
-def mailbox(value: str, field_name: str) -> Mailbox:
-    """One address, optionally ``Name <addr>``; syntax checks only, no DNS."""
+@functools.lru_cache(maxsize=8192)
+def _validated(value: str) -> Mailbox | str:
+    """The mailbox ``value`` names, or why it is invalid (pure, so cached: senders repeat)."""
     try:
         result = validate_email(
             value,
@@ -76,14 +78,22 @@ def mailbox(value: str, field_name: str) -> Mailbox:
             test_environment=True,
         )
     except EmailNotValidError as exc:
-        raise ApiError(
-            "INVALID_EMAIL_FORMAT",
-            f"{field_name}: {exc}",
-            {"field": field_name, "value": value[:320]},
-        ) from None
+        return str(exc)
     return Mailbox(
         address=result.ascii_email or result.normalized, display_name=result.display_name or ""
     )
+
+
+def mailbox(value: str, field_name: str) -> Mailbox:
+    """One address, optionally ``Name <addr>``; syntax checks only, no DNS."""
+    result = _validated(value) if len(value) <= 1024 else _validated.__wrapped__(value)
+    if isinstance(result, str):
+        raise ApiError(
+            "INVALID_EMAIL_FORMAT",
+            f"{field_name}: {result}",
+            {"field": field_name, "value": value[:320]},
+        )
+    return result
 
 
 def string_field(

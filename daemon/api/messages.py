@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from daemon.api import idempotency
@@ -27,7 +27,7 @@ from daemon.core.compose import (
     CONTROL_CHARS,
     ComposeError,
     MessageView,
-    compose,
+    compose_message,
     read_message,
     top_headers,
 )
@@ -80,8 +80,14 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def _new_message(
-    send: SendRequest, raw: bytes, queue_id: str, workspace_id: str, now: datetime
+    send: SendRequest,
+    raw: bytes,
+    queue_id: str,
+    workspace_id: str,
+    now: datetime,
+    headers: dict[str, str] | None = None,
 ) -> NewMessage:
+    """The queue row of a composed send; ``headers`` from compose_message saves a re-parse."""
     scheduled = send.send_at is not None and send.send_at > now
     return NewMessage(
         id=queue_id,
@@ -100,7 +106,7 @@ def _new_message(
         cc=send.cc,
         bcc=send.bcc,
         subject=send.draft.subject,
-        headers=top_headers(raw),
+        headers=headers if headers is not None else top_headers(raw),
         attachments=[
             {"filename": a.filename, "content_type": a.content_type, "size": len(a.data)}
             for a in send.draft.attachments
@@ -148,20 +154,21 @@ async def send_message(request: Request, principal: Principal) -> Response:
     hostname = _hostname(request, service)
     try:
         if len(body) > _OFFLOAD_BYTES:
-            raw = await asyncio.to_thread(
-                compose, send.draft, queue_id=queue_id, hostname=hostname, date=now
+            composed = await asyncio.to_thread(
+                compose_message, send.draft, queue_id=queue_id, hostname=hostname, date=now
             )
         else:
-            raw = compose(send.draft, queue_id=queue_id, hostname=hostname, date=now)
+            composed = compose_message(send.draft, queue_id=queue_id, hostname=hostname, date=now)
     except ComposeError as exc:
         raise invalid(exc.field, str(exc)) from None
+    raw = composed.raw
     if len(raw) > max_size:
         raise ApiError(
             "MESSAGE_TOO_LARGE",
             f"the message is {len(raw)} bytes; the limit is {max_size}",
             {"size": len(raw), "max_size": max_size},
         )
-    message = _new_message(send, raw, queue_id, workspace_id, now)
+    message = _new_message(send, raw, queue_id, workspace_id, now, composed.headers)
     data = {
         "message_id": message.id,
         "status": message.status,
@@ -178,6 +185,11 @@ async def send_message(request: Request, principal: Principal) -> Response:
         return idempotency.replay(exc.earlier, digest)
     except QuotaExceeded as exc:
         raise quota_error(exc, workspace_id, now) from None
+    if not service.providers_state.can_deliver(workspace_id):
+        # Queued all the same: it goes out when a provider is back (issue 5).
+        return JSONResponse(
+            {"success": True, "data": data, "warnings": ["ALL_PROVIDERS_DOWN"]}, status_code=202
+        )
     return ok(data, status_code=202)
 
 

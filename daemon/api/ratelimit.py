@@ -35,12 +35,12 @@ async def apply_rate_limits(request: Request, principal: Principal) -> None:
     tenancy = service.tenancy
     if principal.is_admin:
         decision = await tenancy.report_requests(
-            principal.acting_workspace, request.method, request.url.path
+            principal.acting_workspace, request.method, request.scope["path"]
         )
     else:
         assert principal.workspace_id is not None
         decision = await tenancy.count_request(
-            principal.workspace_id, principal.key, request.method, request.url.path
+            principal.workspace_id, principal.key, request.method, request.scope["path"]
         )
     request.state.rate_headers = decision.headers
     window = decision.exceeded

@@ -13,6 +13,7 @@ LF also become CRLF.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -62,6 +63,8 @@ _WANTED = frozenset(_SUMMARY_BY_KEY) | _FIELD_HEADERS
 
 # X-Priority also arrives in the numeric convention of mail clients: "1 (Highest)" .. "5".
 _NUMERIC_PRIORITY = {"1": 0, "2": 0, "3": 1, "4": 2, "5": 2}
+# One plain address and nothing else (no name, comment, quote, group or list).
+_BARE_ADDRESS = re.compile(r"^[ \t]*[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+[ \t]*$")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
 
@@ -141,6 +144,8 @@ def _decoded(value: str) -> str:
 def _addresses(value: str | None) -> list[str]:
     if not value:
         return []
+    if _BARE_ADDRESS.match(value):  # the common "To: a@b" without the stdlib parser
+        return [value.strip()]
     return [addr for _, addr in getaddresses([value]) if addr]
 
 

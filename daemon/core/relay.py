@@ -69,6 +69,12 @@ def _peer_address(peer_ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address
 
 def is_trusted(peer_ip: str, networks: Sequence[IPNetwork]) -> bool:
     """True when ``peer_ip`` lies in one of ``networks``; unparsable peers are never trusted."""
+    return _trusted(peer_ip, tuple(networks))
+
+
+@functools.lru_cache(maxsize=4096)
+def _trusted(peer_ip: str, networks: tuple[IPNetwork, ...]) -> bool:
+    # Cached: asked at every RCPT, for the same few peers (parsing an address is slow).
     address = _peer_address(peer_ip)
     if address is None:
         return False

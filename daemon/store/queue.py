@@ -64,6 +64,8 @@ def insert_messages(conn: Connection, batch: Sequence[NewMessage]) -> None:
                 "dsn_ret": m.dsn_ret,
                 "dsn_envid": m.dsn_envid,
                 "personalization": m.personalization,
+                "from_email_id": m.from_email_id,
+                "thread_id": m.thread_id,
                 "queued_at": m.queued_at,
                 "send_at": m.send_at,
                 "next_attempt_at": m.next_attempt_at,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import httpx
@@ -35,3 +36,28 @@ async def test_send_over_http_is_delivered_to_the_outbox(relay: Any) -> None:
     raw = delivered[0].read_bytes()
     assert b"Subject: over http" in raw
     assert b"hidden@example.net" not in raw
+
+
+async def test_a_client_leaving_mid_body_is_no_error(relay: Any, caplog: Any) -> None:
+    """Starlette's ClientDisconnect while the body is read: no 500 line in the log."""
+    host, port = relay.base_url.removeprefix("http://").rsplit(":", 1)
+    with caplog.at_level(logging.DEBUG, logger="relayd.api"):
+        _, writer = await asyncio.open_connection(host, int(port))
+        token = AUTH["Authorization"]
+        writer.write(
+            b"POST /api/messages HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            + f"Authorization: {token}\r\nContent-Length: 5000\r\n\r\n".encode()
+            + b'{"from": "a@example.com", "to": '
+        )
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the handler is waiting for the rest of the body
+        writer.close()
+        await writer.wait_closed()
+        for _ in range(50):
+            if any("disconnected" in r.getMessage() for r in caplog.records):
+                break
+            await asyncio.sleep(0.02)
+    assert any("disconnected" in r.getMessage() for r in caplog.records)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    async with httpx.AsyncClient(base_url=relay.base_url, headers=AUTH, timeout=10) as client:
+        assert (await client.get("/health")).status_code == 200

@@ -19,10 +19,14 @@ from daemon.core.compose import (
     Mailbox,
     check_header,
     compose,
+    compose_message,
     read_message,
     split_content_type,
     top_headers,
+    write_direct,
+    write_stdlib,
 )
+from daemon.core.mime import Unsupported
 
 WHEN = datetime(2024, 1, 15, 10, 0, tzinfo=UTC)
 
@@ -205,3 +209,197 @@ def test_text_fields_round_trip(subject: str, body: str, note: str, filename: st
     text = message.get_body(("plain",)).get_content().replace("\r\n", "\n")
     expected = body.replace("\r\n", "\n").replace("\r", "\n")
     assert text == (expected if expected.endswith("\n") else expected + "\n")
+
+
+# The direct writer (daemon.core.mime) against the stdlib parser and the stdlib writer.
+
+_ATOM = r"[a-z0-9!#$%&'*+/=?^_`{|}~-]{1,8}"
+_ADDRESSES = st.from_regex(
+    rf"{_ATOM}(\.{_ATOM}){{0,2}}@[a-z0-9]{{1,12}}(\.[a-z]{{2,6}}){{1,2}}", fullmatch=True
+)
+_ODD = st.sampled_from(
+    [
+        "",
+        " leading",
+        "trailing ",
+        "two  spaces\tand a tab",
+        "=?utf-8?q?looks_encoded?=",
+        "caf\u00e9 \u00e0 la cr\u00e8me",
+        "\u65e5\u672c\u8a9e\u306e\u4ef6\u540d" * 20,
+        "\U0001f600 emoji",
+        "x" * 990,
+        "word " * 190,
+        'quote " and \\ backslash',
+        "a.b, (c) <d> @e;f:g[h]",
+    ]
+)
+_TEXT = st.one_of(
+    _ODD,
+    st.text(st.characters(blacklist_categories=["Cs"]), max_size=120).filter(
+        lambda s: not CONTROL_CHARS.search(s)
+    ),
+)
+_BODIES = st.one_of(
+    st.none(),
+    _ODD,
+    st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"), max_size=400),
+)
+
+
+def _mailboxes(min_size: int) -> st.SearchStrategy[list[Mailbox]]:
+    return st.lists(
+        st.builds(Mailbox, _ADDRESSES, _TEXT.map(lambda s: s[:200])), min_size=min_size, max_size=4
+    )
+
+
+_DRAFTS = st.builds(
+    Draft,
+    sender=_mailboxes(1).map(lambda boxes: boxes[0]),
+    to=_mailboxes(1),
+    subject=_TEXT,
+    text_body=_BODIES,
+    html_body=_BODIES,
+    cc=_mailboxes(0),
+    attachments=st.lists(
+        st.builds(
+            Attachment,
+            st.one_of(_ODD, _TEXT).filter(lambda s: s.strip() != ""),
+            st.sampled_from(["application/pdf", "text/plain", "image/png"]),
+            st.binary(max_size=300),
+        ),
+        max_size=3,
+    ),
+    headers=st.lists(
+        st.tuples(st.sampled_from(["X-Note", "X-Campaign", "List-Unsubscribe"]), _TEXT),
+        max_size=3,
+        unique_by=lambda h: h[0],
+    ),
+)
+
+
+def _expected_text(body: str) -> str:
+    lines = body.encode("utf-8").splitlines()
+    return b"".join(line + b"\n" for line in lines).decode("utf-8") if lines else "\n"
+
+
+def _leaves(message: EmailMessage) -> list[tuple[str, object, str | None]]:
+    found = []
+    for part in message.walk():
+        if part.is_multipart():
+            continue
+        filename = part.get_filename()
+        content = part.get_payload(decode=True) if filename else part.get_content()
+        if isinstance(content, str):
+            content = content.replace("\r\n", "\n")
+        found.append((part.get_content_type(), content, filename))
+    return found
+
+
+def _direct(d: Draft) -> bool:
+    try:
+        write_direct(d, "<msg-01HZZ@relay.test>", "Mon, 15 Jan 2024 10:00:00 +0000")
+    except Unsupported:
+        return False
+    return True
+
+
+@settings(max_examples=300, deadline=None)
+@given(d=_DRAFTS)
+def test_direct_writer_round_trips_exactly(d: Draft) -> None:
+    try:
+        composed = compose_message(d, queue_id="msg-01HZZ", hostname="relay.test", date=WHEN)
+    except ComposeError:  # only where the stdlib writer, the fallback, breaks the header block
+        assert not _direct(d)
+        assert parse(write_stdlib(d, "<msg-01HZZ@relay.test>", WHEN))["MIME-Version"] is None
+        return
+    raw = composed.raw
+    assert raw.isascii()
+    assert b"\r" not in raw.replace(b"\r\n", b"") and b"\n" not in raw.replace(b"\r\n", b"")
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+    assert composed.headers == top_headers(raw)
+    message = parse(raw)
+    direct = _direct(d)
+
+    def agrees(parsed: str, wanted: str) -> bool:
+        if direct:
+            return parsed == wanted
+        # The stdlib writer collapses whitespace and leaves "=?...?=" text for readers to decode.
+        return "=?" in wanted or _words(parsed) == _words(wanted)
+
+    assert agrees(message["Subject"], d.subject)
+    for name, value in d.headers:
+        assert agrees(message[name], value)
+    if direct:
+        assert composed == write_direct(d, "<msg-01HZZ@relay.test>", message["Date"])
+        head = raw.split(b"\r\n\r\n", 1)[0]
+        for line in head.split(b"\r\n"):  # 78 columns unless a single word is longer
+            assert len(line) <= 78 or b'"' in line or max(len(w) for w in line.split()) > 40
+        assert message["From"].addresses[0].display_name == d.sender.display_name
+        for name, boxes in (("To", d.to), ("Cc", d.cc)):
+            if boxes:
+                parsed = message[name].addresses
+                assert [(a.addr_spec, a.display_name) for a in parsed] == [
+                    (m.address, m.display_name) for m in boxes
+                ]
+    texts = [t for t in (d.text_body, d.html_body) if t is not None] or [""]
+    expected: list[tuple[str, object, str | None]] = [
+        (f"text/{kind}", _expected_text(t), None)
+        for kind, t in zip(
+            ["plain", "html"] if d.text_body is not None or d.html_body is None else ["html"],
+            texts,
+            strict=False,
+        )
+    ]
+    # get_filename() strips surrounding whitespace, whatever the encoding.
+    expected += [(a.content_type, a.data, a.filename.strip()) for a in d.attachments]
+    leaves = _leaves(message)
+    assert [leaf[:2] for leaf in leaves] == [leaf[:2] for leaf in expected]
+    for (*_, parsed), (*_, wanted) in zip(leaves, expected, strict=True):
+        assert parsed == wanted or (parsed and wanted and agrees(parsed, wanted))
+    # The stdlib writer, given the same draft, says the same thing, when its folding
+    # has not broken the header block (it can emit an empty continuation line).
+    legacy = parse(write_stdlib(d, "<msg-01HZZ@relay.test>", WHEN))
+    if legacy["MIME-Version"] is None:
+        return
+    if not any("=?" in a.filename for a in d.attachments):  # the stdlib leaves those as is
+        assert _leaves(legacy) == _leaves(message)
+    assert [k for k, _ in legacy.items()] == [k for k, _ in message.items()]
+    if "=?" not in d.subject:  # the stdlib writes such text as is: readers decode it
+        assert _words(str(legacy["Subject"])) == _words(str(message["Subject"]))
+
+
+def test_the_direct_writer_handles_the_common_shapes() -> None:
+    shapes = [
+        draft(),
+        draft(text_body=None, html_body="<p>\u00e9</p>"),
+        draft(html_body="<p>x</p>", subject="R\u00e9sum\u00e9 " * 30),
+        draft(attachments=[Attachment("\u00e9t\u00e9.pdf", "application/pdf", b"%PDF")]),
+        draft(headers=[("X-Tag", "a"), ("Message-ID", "<own@example.com>")]),
+    ]
+    for d in shapes:
+        composed = write_direct(d, "<id@relay.test>", "Mon, 15 Jan 2024 10:00:00 +0000")
+        assert composed.headers == top_headers(composed.raw)
+
+
+def test_structured_custom_headers_go_through_the_stdlib() -> None:
+    d = draft(headers=[("Reply-To", "R\u00e9n\u00e9e <r@example.org>")])
+    with pytest.raises(Unsupported):
+        write_direct(d, "<id@relay.test>", "Mon, 15 Jan 2024 10:00:00 +0000")
+    composed = compose_message(d, queue_id="msg-1", hostname="relay.test", date=WHEN)
+    assert composed.raw.isascii()
+    assert parse(composed.raw)["Reply-To"].addresses[0].display_name == "R\u00e9n\u00e9e"
+    assert composed.headers == top_headers(composed.raw)
+
+
+def test_plain_text_is_7bit_and_exactly_what_the_stdlib_wrote() -> None:
+    d = draft(text_body="Hello,\n\nthis is a message.\n", headers=[("X-Tag", "a b")])
+    assert build(d) == write_stdlib(d, "<msg-01HZZZZZZZZZZZZZZZZZZZZZZZ@relay.test>", WHEN)
+
+
+def test_long_file_names_use_rfc2231_continuations() -> None:
+    name = "r\u00e9sum\u00e9 " * 12 + ".pdf"
+    raw = build(draft(attachments=[Attachment(name, "application/pdf", b"%PDF")]))
+    assert b"filename*0*=utf-8''r%C3%A9sum%C3%A9" in raw
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 78
+    _, attachment = parse(raw).iter_parts()
+    assert attachment.get_filename() == name
