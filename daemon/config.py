@@ -75,6 +75,13 @@ def _readable_file(value: str) -> None:
         raise ValueError(f"cannot read file {value!r}")
 
 
+def _secret_file(value: str) -> None:
+    """A secret's file must be readable and hold something: an empty key signs nothing."""
+    _readable_file(value)
+    if value and not Path(value).read_text().strip():
+        raise ValueError(f"file {value!r} is empty")
+
+
 def _jwt_secret(value: str) -> None:
     if value and len(value.encode()) < 32:
         raise ValueError("must be at least 32 bytes (HS256 needs a key as long as its hash)")
@@ -161,7 +168,7 @@ class RateLimitsConfig:
 @dataclass(frozen=True)
 class AuthConfig:
     admin_token: str = setting("", "admin API token; empty: generated into data_dir/admin.token")
-    admin_token_file: str = setting("", "file holding the admin token (mode 0600)", _readable_file)
+    admin_token_file: str = setting("", "file holding the admin token (mode 0600)", _secret_file)
     jwt_secret: str = setting(
         "", "HS256 secret for Bearer JWTs; empty: JWTs are not accepted", _jwt_secret
     )
@@ -200,7 +207,7 @@ class TrackingConfig:
         "", "public URL the tracking links point to; empty: the HTTP listener's own URL"
     )
     secret: str = setting("", "HMAC key of tracking links; empty: generated into data_dir")
-    secret_file: str = setting("", "file holding the tracking secret (mode 0600)", _readable_file)
+    secret_file: str = setting("", "file holding the tracking secret (mode 0600)", _secret_file)
     open_tracking: bool = setting(True, "add an open pixel to HTML parts")
     click_tracking: bool = setting(True, "rewrite http(s) links of HTML parts")
     list_unsubscribe: bool = setting(
@@ -214,7 +221,7 @@ class TrackingConfig:
 @dataclass(frozen=True)
 class WebhooksConfig:
     mandrill_key: str = setting("", "Mandrill webhook key; set: only signed posts are taken")
-    mandrill_key_file: str = setting("", "file holding mandrill_key (mode 0600)", _readable_file)
+    mandrill_key_file: str = setting("", "file holding mandrill_key (mode 0600)", _secret_file)
     mandrill_url: str = setting("", "the exact URL Mandrill posts to (it is part of the signature)")
     allowlist: list[str] = setting(
         [], "hosts or networks webhooks may reach although private or loopback", _allowlist
@@ -355,7 +362,15 @@ PROVIDER_COMMON_KEYS: dict[str, type] = {
     "workspace_id": str,
 }
 SECRET_KEYS = frozenset(
-    {"password", "api_key", "service_account_json", "admin_token", "secret", "mandrill_key"}
+    {
+        "password",
+        "api_key",
+        "service_account_json",
+        "admin_token",
+        "jwt_secret",
+        "secret",
+        "mandrill_key",
+    }
 )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,45 @@ def test_set_assignment() -> None:
         parse_assignment("queue.batch_size")
     config = build_config([("flag", parse_assignment("queue.batch_size=5"))])
     assert config.queue.batch_size == 5
+
+
+def test_as_dict_masks_every_secret(tmp_path: Path) -> None:
+    secrets = {
+        "jwt": "jwt-secret-0123456789abcdef0123456789abcdef",
+        "tracking": "tracking-secret-value",
+        "mandrill": "mandrill-key-value",
+        "smtp": "smtp-password-value",
+        "mailgun": "mailgun-api-key-value",
+        "sendgrid": "sendgrid-api-key-value",
+        "gmail": '{"private_key": "gmail-private-key-value"}',
+    }
+    path = write(
+        tmp_path,
+        f'[auth]\nadmin_token = "admin-token-value"\njwt_secret = "{secrets["jwt"]}"\n'
+        f'[tracking]\nsecret = "{secrets["tracking"]}"\n'
+        f'[webhooks]\nmandrill_key = "{secrets["mandrill"]}"\n'
+        f'[providers.up]\ntype = "smtp"\nhost = "mx.example"\npassword = "{secrets["smtp"]}"\n'
+        f'[providers.mg]\ntype = "mailgun"\ndomain = "mg.example"\n'
+        f'api_key = "{secrets["mailgun"]}"\n'
+        f'[providers.sg]\ntype = "sendgrid"\napi_key = "{secrets["sendgrid"]}"\n'
+        f"[providers.gm]\ntype = \"gmail\"\nservice_account_json = '{secrets['gmail']}'\n",
+    )
+    shown = json.dumps(as_dict(load_config(path, {})))
+    assert "admin-token-value" not in shown
+    assert [name for name, value in secrets.items() if value in shown] == []
+    assert "gmail-private-key-value" not in shown
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [("auth", "admin_token_file"), ("tracking", "secret_file"), ("webhooks", "mandrill_key_file")],
+)
+def test_empty_secret_files_are_refused(tmp_path: Path, section: str, key: str) -> None:
+    empty = tmp_path / "secret"
+    empty.write_text("\n")
+    with pytest.raises(ConfigError) as info:
+        build_config([("file", {section: {key: str(empty)}})])
+    assert info.value.key == f"{section}.{key}"
+    assert "is empty" in str(info.value)
+    empty.write_text("s3cret-value\n")
+    build_config([("file", {section: {key: str(empty)}})])

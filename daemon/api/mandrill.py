@@ -45,8 +45,12 @@ def mandrill_key(service: RelayService) -> str:
     if section.mandrill_key_file:
         try:
             return Path(section.mandrill_key_file).read_text().strip()
-        except OSError:
-            return ""
+        except OSError as exc:
+            # A configured key that cannot be read must not turn signing off.
+            log.warning("cannot read webhooks.mandrill_key_file: %s", exc)
+            raise ApiError(
+                "INTERNAL_ERROR", "the Mandrill key cannot be read; nothing was applied"
+            ) from None
     return ""
 
 

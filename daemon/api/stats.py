@@ -40,6 +40,20 @@ def _scope(request: Request, principal: Principal) -> str | None:
     return principal.workspace_id
 
 
+def _visible(
+    providers: dict[str, Any], service: RelayService, workspace_id: str | None
+) -> dict[str, Any]:
+    """Within a workspace, leave out the providers bound to other workspaces."""
+    if workspace_id is None:
+        return providers
+    configured = service.config.providers
+    return {
+        pid: figures
+        for pid, figures in providers.items()
+        if pid in configured and configured[pid].workspace_id in ("", None, workspace_id)
+    }
+
+
 def _midnight(now: datetime) -> datetime:
     return now.replace(hour=0, minute=0, second=0, microsecond=0)
 
@@ -66,8 +80,10 @@ async def get_stats(request: Request, principal: Principal) -> Response:
         "queue": {"total": sum(by_status.values()), **by_status},
         "processing": service.metrics.processing(),
         # Rates and latency of recent calls; status from each provider's circuit breaker.
-        "providers": service.providers_state.overlay(
-            service.metrics.providers(service.config.providers)
+        "providers": _visible(
+            service.providers_state.overlay(service.metrics.providers(service.config.providers)),
+            service,
+            workspace_id,
         ),
         "rate_limits": {
             "global": {

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import httpx
+from sqlalchemy.engine import Engine
 
+from daemon.api import create_app
 from daemon.core.message import STATUSES
 from daemon.service import RelayService
-from tests.api.conftest import assert_envelope, finish, send
+from tests.api.conftest import AUTH, assert_envelope, finish, send
+from tests.api.tenants import key_headers, make_key, make_workspace
 
 
 async def test_stats_shape_and_queue_counts(
@@ -71,3 +76,30 @@ async def test_stats_are_scoped_to_the_workspace(client: httpx.AsyncClient) -> N
 async def test_stats_need_a_token(anon: httpx.AsyncClient) -> None:
     assert_envelope(await anon.get("/api/stats"), 401, "AUTH_REQUIRED")
     assert_envelope(await anon.get("/api/stats/realtime"), 401, "AUTH_REQUIRED")
+
+
+async def test_stats_hide_providers_bound_to_other_workspaces(
+    engine: Engine, db_url: str, make_config: Callable[..., Any]
+) -> None:
+    providers = {
+        "outbox": {"type": "outbox"},
+        "b-only": {"type": "outbox", "workspace_id": "ws-b"},
+    }
+    service = RelayService(make_config(db_url, providers=providers), engine)
+    await service.start()
+    transport = httpx.ASGITransport(app=create_app(service))
+    try:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://relay.test", headers=AUTH
+        ) as admin:
+            await make_workspace(admin, "ws-a")
+            a_key = (await make_key(admin, "ws-a"))["key"]
+            everything = (await admin.get("/api/stats")).json()["data"]["providers"]
+            assert set(everything) == {"outbox", "b-only"}
+            as_a = await admin.get("/api/stats", headers=key_headers(a_key))
+            assert as_a.status_code == 200, as_a.text
+            assert set(as_a.json()["data"]["providers"]) == {"outbox"}
+            as_b = await admin.get("/api/stats", headers={"X-Workspace-ID": "ws-b"})
+            assert set(as_b.json()["data"]["providers"]) == {"outbox", "b-only"}
+    finally:
+        await service.close()

@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import hmac
 import json
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -185,3 +186,22 @@ async def test_unknown_events_are_skipped_not_fatal(
     )
     assert response.json()["data"] == {"applied": 1, "duplicates": 0, "skipped": 3}
     assert await service.reader.run(lambda c: queue.get_message(c, mid)) is not None
+
+
+async def test_unreadable_key_file_refuses_instead_of_taking_unsigned_posts(
+    client: httpx.AsyncClient, anon: httpx.AsyncClient, service: RelayService, tmp_path: Path
+) -> None:
+    key_file = tmp_path / "mandrill.key"
+    key_file.write_text(KEY)
+    section = dataclasses.replace(
+        service.config.webhooks, mandrill_key_file=str(key_file), mandrill_url=URL
+    )
+    service.reconfigure(dataclasses.replace(service.config, webhooks=section))
+    mid = await send(client, campaign_id="camp-k")
+    unsigned = {"mandrill_events": [event("open", mid)]}
+    assert_envelope(await anon.post("/webhook/mandrill", json=unsigned), 401, "AUTH_REQUIRED")
+    key_file.unlink()  # e.g. rotated away or its permissions changed after start-up
+    refused = await anon.post("/webhook/mandrill", json=unsigned)
+    assert_envelope(refused, 500, "INTERNAL_ERROR")
+    stats = (await client.get("/api/campaigns/camp-k/stats")).json()["data"]["stats"]
+    assert stats["opened"] == 0
