@@ -118,8 +118,13 @@ class Client(Endpoints, MaylngEndpoints):
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
     ) -> None:
         self.base_url = resolve_url(base_url)
-        parts = urlsplit(self.base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:
+            parts = urlsplit(self.base_url)
+            parts.port  # noqa: B018 - raises ValueError on a non-numeric or out-of-range port
+            valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+        except ValueError:  # e.g. an unclosed IPv6 bracket
+            valid = False
+        if not valid:
             raise ConfigurationError(
                 "INVALID_URL", f"invalid relayd URL {self.base_url!r}: expected http(s)://host:port"
             )

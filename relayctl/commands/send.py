@@ -93,8 +93,11 @@ def read_eml(source: str) -> dict[str, Any]:
     }
     text = parsed.get_body(("plain",))
     html = parsed.get_body(("html",))
-    fields["text"] = text.get_content() if isinstance(text, EmailMessage) else None
-    fields["html"] = html.get_content() if isinstance(html, EmailMessage) else None
+    try:
+        fields["text"] = text.get_content() if isinstance(text, EmailMessage) else None
+        fields["html"] = html.get_content() if isinstance(html, EmailMessage) else None
+    except LookupError as exc:  # a charset Python does not know
+        exit_with(f"relayctl: cannot decode the body of {source}: {exc}", ExitCode.USAGE)
     fields["attachments"] = []
     for part in parsed.iter_attachments():
         content = part.get_payload(decode=True)
@@ -227,8 +230,14 @@ def read_csv(path: Path) -> list[dict[str, str]]:
                     f"relayctl: {path} has no 'email' column (columns: {', '.join(columns)})",
                     ExitCode.USAGE,
                 )
-            return [
-                {(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader
-            ]
+            rows = []
+            for row in reader:
+                if None in row:  # DictReader keeps surplus fields as a list under None
+                    exit_with(
+                        f"relayctl: {path} line {reader.line_num} has more fields than the header",
+                        ExitCode.USAGE,
+                    )
+                rows.append({k.strip(): (v or "").strip() for k, v in row.items()})
+            return rows
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         exit_with(f"relayctl: cannot read {path}: {exc}", ExitCode.USAGE)

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from tests.relayctl.conftest import Cli, run
 from tests.relayctl.test_cli import show, wait_for_status
 
@@ -130,3 +132,28 @@ async def test_csv_sends_one_message_per_row_and_reports_the_bad_one(
     no_column.write_text("address\nann@example.org\n")
     missing = await cli(*base[:-1], str(no_column))
     assert missing.exit_code == 2 and "no 'email' column" in missing.stderr
+
+
+async def test_csv_row_with_more_fields_than_the_header_is_a_usage_error(
+    cli: Cli, relay: Any, tmp_path: Path
+) -> None:
+    rows = tmp_path / "ragged.csv"
+    rows.write_text("email\nann@example.org\nbo@example.org,extra\n")
+    result = await cli("send", "--from", "a@example.com", "--text", "hi", "--csv", str(rows))
+    assert result.exit_code == 2, result.output
+    assert "line 3 has more fields than the header" in result.stderr
+    async with httpx.AsyncClient(base_url=relay.base_url) as http:
+        listed = await http.get(
+            "/api/messages", headers={"Authorization": f"Bearer {relay.admin_token}"}
+        )
+    assert listed.status_code == 200 and listed.json()["data"]["messages"] == []
+
+
+async def test_eml_with_an_unknown_charset_is_a_usage_error(cli: Cli, tmp_path: Path) -> None:
+    eml = tmp_path / "odd.eml"
+    eml.write_bytes(
+        b"From: a@example.com\nTo: b@example.org\nContent-Type: text/plain; charset=bogus-x\n\nhi\n"
+    )
+    result = await cli("send", "--eml", str(eml))
+    assert result.exit_code == 2, result.output
+    assert "cannot decode the body" in result.stderr and "bogus-x" in result.stderr

@@ -41,10 +41,13 @@ def test_version_still_prints_the_client_version(closed_port: int) -> None:
     assert len(result.stderr.splitlines()) == 1
 
 
-def test_malformed_url_is_a_usage_error() -> None:
-    result = run(["--url", "localhost:8080", "queue", "ls"])
+@pytest.mark.parametrize(
+    "url", ["localhost:8080", "http://[::1", "http://h:port", "http://h:99999"]
+)
+def test_malformed_url_is_a_usage_error(url: str) -> None:
+    result = run(["--url", url, "queue", "ls"])
     assert result.exit_code == 2
-    assert result.stderr.startswith("relayctl: invalid relayd URL 'localhost:8080'")
+    assert result.stderr.startswith(f"relayctl: invalid relayd URL '{url}'")
     assert len(result.stderr.splitlines()) == 1
 
 
