@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 from daemon.api.auth import Principal, requires_auth, service_of
 from daemon.api.errors import ApiError, iso_utc
-from daemon.api.fields import check_text, invalid, missing, parse_json
+from daemon.api.fields import check_text, invalid, missing, parse_json, reject_unknown_fields
 from daemon.api.recipients import workspace_param
 from daemon.api.responses import ok
 from daemon.store import counters
@@ -122,13 +122,7 @@ async def rename(request: Request, principal: Principal) -> Response:
     body = parse_json(raw)
     if not isinstance(body, dict):
         raise ApiError("INVALID_REQUEST", "the request body must be a JSON object")
-    unknown = sorted(set(body) - {"name", "workspace_id"})
-    if unknown:
-        raise ApiError(
-            "INVALID_REQUEST",
-            f"unknown field(s): {', '.join(unknown)}",
-            {"field": unknown[0], "unknown_fields": unknown},
-        )
+    reject_unknown_fields(body, {"name", "workspace_id"})
     name = body.get("name")
     if name is None:
         raise missing("name")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Collection
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
@@ -40,6 +41,17 @@ def parse_json(body: bytes) -> Any:
     except (ValueError, RecursionError) as exc:
         message = str(exc) if isinstance(exc, ValueError) else "nested too deeply"
         raise ApiError("INVALID_REQUEST", f"Malformed JSON body: {message}") from None
+
+
+def reject_unknown_fields(body: dict[str, Any], allowed: Collection[str]) -> None:
+    """400 INVALID_REQUEST naming every field of ``body`` outside ``allowed``."""
+    unknown = sorted(set(body) - set(allowed))
+    if unknown:
+        raise ApiError(
+            "INVALID_REQUEST",
+            f"unknown field(s): {', '.join(unknown)}",
+            {"field": unknown[0], "unknown_fields": unknown},
+        )
 
 
 def check_text(value: Any, path: str = "") -> None:

@@ -31,7 +31,7 @@ from starlette.routing import Route
 from daemon.api.admin_config import json_body, require_admin, require_relay_wide
 from daemon.api.auth import Principal, requires_admin, service_of
 from daemon.api.errors import ApiError, iso_utc
-from daemon.api.fields import invalid, missing, string_field
+from daemon.api.fields import invalid, missing, reject_unknown_fields, string_field
 from daemon.api.responses import by_method, ok
 from daemon.core.maintenance import MaintenanceState
 from daemon.service import RelayService
@@ -55,13 +55,7 @@ def _bool(body: dict[str, Any], key: str, default: bool | None = None) -> bool:
 def _known(body: Any, allowed: set[str]) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ApiError("INVALID_REQUEST", "the body must be a JSON object")
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise ApiError(
-            "INVALID_REQUEST",
-            f"unknown field(s): {', '.join(unknown)}",
-            {"unknown_fields": unknown},
-        )
+    reject_unknown_fields(body, allowed)
     return body
 
 

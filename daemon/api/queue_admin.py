@@ -35,7 +35,7 @@ from starlette.routing import Route
 from daemon.api.admin_config import json_body, require_admin
 from daemon.api.auth import WORKSPACE_ID, Principal, requires_admin, service_of
 from daemon.api.errors import ApiError
-from daemon.api.fields import invalid
+from daemon.api.fields import invalid, reject_unknown_fields
 from daemon.api.responses import ok
 from daemon.core.durations import Duration
 from daemon.core.message import CANCELLABLE_STATUSES, RETRYABLE_STATUSES
@@ -89,13 +89,7 @@ def parse_filter(
     body: dict[str, Any], action: str, principal: Principal, now: datetime
 ) -> admin.QueueFilter:
     """The filter of a bulk request, confined to the caller's workspace."""
-    unknown = sorted(set(body) - {*FILTER_FIELDS, "dry_run"})
-    if unknown:
-        raise ApiError(
-            "INVALID_REQUEST",
-            f"unknown field(s): {', '.join(unknown)}",
-            {"unknown_fields": unknown},
-        )
+    reject_unknown_fields(body, {*FILTER_FIELDS, "dry_run"})
     if not any(body.get(key) not in (None, "", []) for key in FILTER_FIELDS):
         raise ApiError(
             "INVALID_REQUEST",

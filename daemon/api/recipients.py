@@ -20,7 +20,15 @@ from starlette.routing import Route
 
 from daemon.api.auth import WORKSPACE_ID, Principal, requires_auth, service_of
 from daemon.api.errors import ApiError, iso_utc
-from daemon.api.fields import check_text, invalid, mailbox, missing, parse_json, string_field
+from daemon.api.fields import (
+    check_text,
+    invalid,
+    mailbox,
+    missing,
+    parse_json,
+    reject_unknown_fields,
+    string_field,
+)
 from daemon.api.pagination import Page
 from daemon.api.responses import by_method, ok
 from daemon.store import audience
@@ -115,13 +123,7 @@ async def _body(request: Request, allowed: frozenset[str]) -> dict[str, Any]:
     body = parse_json(raw)
     if not isinstance(body, dict):
         raise ApiError("INVALID_REQUEST", "the request body must be a JSON object")
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise ApiError(
-            "INVALID_REQUEST",
-            f"unknown field(s): {', '.join(unknown)}",
-            {"field": unknown[0], "unknown_fields": unknown},
-        )
+    reject_unknown_fields(body, allowed)
     check_text(body)
     if body.get("metadata") is not None and len(raw) > _MAX_METADATA:
         raise invalid("metadata", f"metadata must serialise to at most {_MAX_METADATA} bytes")

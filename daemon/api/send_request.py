@@ -27,6 +27,7 @@ from daemon.api.fields import (
     mailboxes_field,
     missing,
     object_field,
+    reject_unknown_fields,
     string_field,
 )
 from daemon.core.compose import (
@@ -252,13 +253,7 @@ def parse_send_request(
     """Check a decoded JSON body field by field; raises ApiError naming the first problem."""
     if not isinstance(body, dict):
         raise ApiError("INVALID_REQUEST", "The body must be a JSON object")
-    unknown = sorted(set(body) - FIELDS)
-    if unknown:
-        raise ApiError(
-            "INVALID_REQUEST",
-            f"unknown field(s): {', '.join(unknown)}",
-            {"unknown_fields": unknown},
-        )
+    reject_unknown_fields(body, FIELDS)
     check_text(body)
     for key in ("from", "to", "subject"):
         if body.get(key) is None or body.get(key) == []:

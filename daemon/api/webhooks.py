@@ -28,7 +28,7 @@ from starlette.routing import Route
 
 from daemon.api.auth import Principal, requires_auth, service_of
 from daemon.api.errors import ApiError, iso_utc
-from daemon.api.fields import check_text, invalid, missing, parse_json
+from daemon.api.fields import check_text, invalid, missing, parse_json, reject_unknown_fields
 from daemon.api.pagination import Page
 from daemon.api.recipients import workspace_param
 from daemon.api.responses import by_method, ok
@@ -88,13 +88,7 @@ async def _body(request: Request) -> dict[str, Any]:
     body = parse_json(raw)
     if not isinstance(body, dict):
         raise ApiError("INVALID_REQUEST", "the request body must be a JSON object")
-    unknown = sorted(set(body) - _FIELDS)
-    if unknown:
-        raise ApiError(
-            "INVALID_REQUEST",
-            f"unknown field(s): {', '.join(unknown)}",
-            {"field": unknown[0], "unknown_fields": unknown},
-        )
+    reject_unknown_fields(body, _FIELDS)
     check_text(body)
     return body
 

@@ -17,7 +17,14 @@ from starlette.routing import Route
 
 from daemon.api.auth import WORKSPACE_ID, Principal, requires_admin, service_of
 from daemon.api.errors import ApiError, iso_utc
-from daemon.api.fields import check_text, invalid, missing, parse_json, string_field
+from daemon.api.fields import (
+    check_text,
+    invalid,
+    missing,
+    parse_json,
+    reject_unknown_fields,
+    string_field,
+)
 from daemon.api.messages import read_body
 from daemon.api.pagination import Page
 from daemon.api.responses import by_method, ok
@@ -39,13 +46,7 @@ async def json_body(request: Request, allowed: frozenset[str]) -> dict[str, Any]
     document = parse_json(body) if body.strip() else {}
     if not isinstance(document, dict):
         raise ApiError("INVALID_REQUEST", "The body must be a JSON object")
-    unknown = sorted(set(document) - allowed)
-    if unknown:
-        raise ApiError(
-            "INVALID_REQUEST",
-            f"unknown field(s): {', '.join(unknown)}",
-            {"unknown_fields": unknown},
-        )
+    reject_unknown_fields(document, allowed)
     check_text(document)
     return document
 
