@@ -34,6 +34,31 @@ INSTALL_LINE = (
 _EXTRA_PATH = ("/usr/sbin", "/sbin", "/usr/lib/postfix/sbin")
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) used so far by ``pid`` and every process below it.
+
+    A live process counts its own utime+stime; one that has exited and been
+    reaped is in its parent's cutime+cstime; so each process counts once.
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            stat = Path(f"/proc/{current}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        total += sum(int(fields[i]) for i in (11, 12, 13, 14))  # utime stime cutime cstime
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            try:
+                todo += [int(child) for child in task.read_text().split()]
+            except OSError:
+                continue
+    return total / tick
+
+
 class BenchError(Exception):
     """A benchmark cannot run or its result cannot be trusted; the message says why."""
 

@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from common import BenchError, Sink, free_port, port_open, require_tools, stop_process  # noqa: E402
 
-from daemon.cli import _loop_factory  # noqa: E402
+from daemon.cli import loop_factory  # noqa: E402
 from daemon.config import build_config  # noqa: E402
 from daemon.core.ids import message_id  # noqa: E402
 from daemon.core.message import NewMessage, Recipient  # noqa: E402
@@ -129,7 +129,7 @@ async def drain(data_dir: Path, provider: dict[str, Any], count: int, concurrenc
 
 def run_loop(coro: Coroutine[Any, Any, float]) -> float:
     """Run on the event loop relayd itself uses (uvloop unless RELAY_LOOP=asyncio)."""
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
         return runner.run(coro)
 
 

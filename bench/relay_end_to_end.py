@@ -47,6 +47,7 @@ class Result:
     ingest_seconds: float
     total_seconds: float
     duplicates: int
+    cpu: float | None = None  # CPU seconds of the server's processes, first connect to last at sink
 
     @property
     def ingest_rate(self) -> float:
@@ -112,7 +113,13 @@ def measure(name: str, reuse: bool, args: argparse.Namespace) -> Result:
             for line in target.notes():
                 print("    " + line.replace("\n", "\n    "))
             return Result(
-                target.label, reuse, args.messages, run.seconds, arrived - started, duplicates
+                target.label,
+                reuse,
+                args.messages,
+                run.seconds,
+                arrived - started,
+                duplicates,
+                target.cpu,
             )
         finally:
             target.close()
@@ -159,7 +166,8 @@ def main() -> int:
                     print(
                         f"    {r.messages} messages: accepted in {r.ingest_seconds:.2f}s "
                         f"({r.ingest_rate:.0f} msgs/s), all at the sink after "
-                        f"{r.total_seconds:.2f}s ({r.rate:.0f} msgs/s)",
+                        f"{r.total_seconds:.2f}s ({r.rate:.0f} msgs/s)"
+                        + ("" if r.cpu is None else f", {r.cpu * 1e6 / r.messages:.0f} us CPU/msg"),
                         flush=True,
                     )
                     time.sleep(1)

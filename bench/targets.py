@@ -16,7 +16,7 @@ from typing import Protocol
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import LOCALHOST, BenchError, Relayd, free_port, port_open
+from common import LOCALHOST, BenchError, Relayd, free_port, port_open, tree_cpu_seconds
 from postfix_local import LocalPostfix
 from profiler import Profile, PySpy
 
@@ -26,6 +26,7 @@ class Target(Protocol):
 
     label: str
     port: int
+    cpu: float | None  # CPU seconds of the server's processes during the last measurement
 
     def stored(self) -> int | None:
         """Messages the server holds durably (None when it cannot be asked)."""
@@ -68,12 +69,15 @@ class RelaydTarget:
         return self.relayd.stored()
 
     def begin_measurement(self, name: str) -> None:
+        self.cpu = None
+        self._cpu_start = tree_cpu_seconds(self.relayd.pid)
         if self._profile_dir is not None:
             self._profile_dir.mkdir(parents=True, exist_ok=True)
             output = self._profile_dir / f"{name}-{self.relayd.loop}.folded"
             self._spy = PySpy(self.relayd.pid, output, gil=self._profile_gil)
 
     def end_measurement(self) -> None:
+        self.cpu = tree_cpu_seconds(self.relayd.pid) - self._cpu_start
         if self._spy is not None:
             output = self._spy.stop()
             self._spy = None
@@ -117,11 +121,15 @@ class PostfixTarget:
     def stored(self) -> int | None:
         return None
 
+    def _master(self) -> int:
+        return int((self.postfix.queue_dir / "pid" / "master.pid").read_text().split()[0])
+
     def begin_measurement(self, name: str) -> None:
-        pass
+        self.cpu = None
+        self._cpu_start = tree_cpu_seconds(self._master())
 
     def end_measurement(self) -> None:
-        pass
+        self.cpu = tree_cpu_seconds(self._master()) - self._cpu_start
 
     def notes(self) -> list[str]:
         return []
@@ -146,7 +154,7 @@ class ExternalTarget:
         return None
 
     def begin_measurement(self, name: str) -> None:
-        pass
+        self.cpu = None
 
     def end_measurement(self) -> None:
         pass

@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     # switch interval stops it waiting 5 ms for the GIL each time (+20-27% ingest).
     sys.setswitchinterval(0.001)
     try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
             runner.run(Server(config, reload=build).run())
     except ConfigError as exc:
         return _fail(f"configuration error: {exc}", 2)
@@ -148,7 +148,7 @@ def _database_problem(config: Config, exc: SQLAlchemyError) -> str:
     return f"database {url}: {reason}"
 
 
-def _loop_factory() -> Any:
+def loop_factory() -> Any:
     """uvloop when installed and not disabled (RELAY_LOOP=asyncio), else asyncio's default."""
     if os.environ.get("RELAY_LOOP", "uvloop") == "uvloop":
         try:

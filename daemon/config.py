@@ -114,6 +114,12 @@ class SmtpConfig:
         "", "PEM certificate; empty: a self-signed one in data_dir", _readable_file
     )
     tls_key: str = setting("", "PEM private key for tls_cert", _readable_file)
+    workers: int = setting(
+        1,
+        "SMTP processes: 1 serves SMTP in the daemon itself; N > 1 runs N worker processes"
+        " sharing the ports, each with its own event loop and database connection",
+        _positive,
+    )
 
 
 @dataclass(frozen=True)

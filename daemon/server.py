@@ -27,6 +27,7 @@ from daemon.overrides import apply_runtime, restore
 from daemon.providers import build_providers
 from daemon.service import RelayService
 from daemon.smtp.listener import SmtpListeners
+from daemon.smtp.workers import WorkerPool
 from daemon.store.engine import make_engine
 from daemon.store.migrate import upgrade
 from daemon.tls import ensure_certificate, server_ssl_context
@@ -82,7 +83,7 @@ class Server:
         self._http_socket: socket.socket | None = None
         self._uvicorn: _Uvicorn | None = None
         self.service: RelayService
-        self.smtp: SmtpListeners
+        self.smtp: SmtpListeners | WorkerPool
         self.dispatcher: Dispatcher
         self.jobs: Jobs
         self.webhooks: WebhookSender
@@ -138,7 +139,10 @@ class Server:
         cert, key = ensure_certificate(config)
         self.dispatcher = Dispatcher(self.service, build_providers(config))
         await self.dispatcher.start()
-        self.smtp = SmtpListeners(config, self.service, server_ssl_context(cert, key))
+        if config.smtp.workers > 1:
+            self.smtp = WorkerPool(config, self.service, str(cert), str(key), config.smtp.workers)
+        else:
+            self.smtp = SmtpListeners(config, self.service, server_ssl_context(cert, key))
         await self.smtp.start()
         await self._start_http()
         self.service.engagement.public_url = self.base_url
@@ -194,6 +198,7 @@ class Server:
                     (config.smtp.host, config.smtp.port),
                 ),
                 ("smtp.tls_port", self.config.smtp.tls_port, config.smtp.tls_port),
+                ("smtp.workers", self.config.smtp.workers, config.smtp.workers),
                 ("http", self.config.http, config.http),
                 ("database.url", self.config.database_url, config.database_url),
                 ("providers", self.config.providers, config.providers),

@@ -82,7 +82,9 @@ class RelayService:
         # Server restores both from the database at start-up.
         self.base_config = config
         self.runtime_layer: dict[str, Any] = {}
-        self.maintenance = MaintenanceState()
+        self._maintenance = MaintenanceState()
+        # Called after the config or maintenance state changes (SMTP worker processes follow).
+        self.observers: list[Callable[[], None]] = []
         self._wake: asyncio.Event | None = None
         self.tenancy = Tenancy(self)
         self.engagement = Engagement(self)
@@ -91,9 +93,23 @@ class RelayService:
             lambda: self.config, self.committer, self.reader, clock, wake=self._wake_workers
         )
 
-    async def start(self) -> None:
-        self._wake = asyncio.Event()
+    async def start(self, wake: asyncio.Event | None = None) -> None:
+        """Start the group committer; ``wake`` replaces the delivery wake-up event."""
+        self._wake = wake if wake is not None else asyncio.Event()
         await self.committer.start()
+
+    @property
+    def maintenance(self) -> MaintenanceState:
+        return self._maintenance
+
+    @maintenance.setter
+    def maintenance(self, state: MaintenanceState) -> None:
+        self._maintenance = state
+        self._changed()
+
+    def _changed(self) -> None:
+        for observer in self.observers:
+            observer()
 
     def _wake_workers(self) -> None:
         if self._wake is not None:
@@ -108,6 +124,7 @@ class RelayService:
     def reconfigure(self, config: Config) -> None:
         """Apply a new Config (SIGHUP, runtime changes) to what reads it live."""
         self.config = config
+        self._changed()
 
     async def enqueue(
         self,

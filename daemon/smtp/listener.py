@@ -48,8 +48,14 @@ class SmtpListeners:
             loop=asyncio.get_running_loop(),
         )
 
-    async def start(self) -> None:
-        """Bind both ports (0 picks a free one); raises OSError when a port is taken."""
+    async def start(
+        self, sockets: tuple[list[socket.socket], list[socket.socket]] | None = None
+    ) -> None:
+        """Bind both ports (0 picks a free one); raises OSError when a port is taken.
+
+        ``sockets``: already listening (STARTTLS, implicit TLS) sockets to serve
+        instead, as an SMTP worker process is handed them by the daemon.
+        """
         loop = asyncio.get_running_loop()
         if not self.hostname:
             self.hostname = await loop.run_in_executor(None, socket.getfqdn)
@@ -59,6 +65,18 @@ class SmtpListeners:
             aiosmtpd_log.setLevel(logging.WARNING)
         self.handler = RelayHandler(self.service, self.hostname)
         smtp = self.config.smtp
+        if sockets is not None:
+            for listening, implicit_tls in ((sockets[0], False), (sockets[1], True)):
+                for sock in listening:
+                    self._servers.append(
+                        await loop.create_server(
+                            lambda tls=implicit_tls: self._factory(tls),
+                            sock=sock,
+                            ssl=self.ssl_context if implicit_tls else None,
+                        )
+                    )
+            self._ports = (sockets[0][0].getsockname()[1], sockets[1][0].getsockname()[1])
+            return
         for port, implicit_tls in ((smtp.port, False), (smtp.tls_port, True)):
             try:
                 self._servers.append(

@@ -1,0 +1,334 @@
+"""SMTP worker processes (``smtp.workers = N > 1``): the daemon's side.
+
+One Python process serves SMTP on one core. With ``smtp.workers = N`` the daemon
+binds both SMTP ports itself, then starts N processes (``python -m
+daemon.smtp.worker``) that inherit the listening sockets; the kernel hands each
+new connection to whichever process accepts it first. Each worker runs the same
+aiosmtpd session and handler as the in-process listener, with its own event
+loop, group committer and database connection, so a message is acknowledged
+only after its own commit, exactly as in one process (on SQLite the writers of
+all processes take turns through one lock file: see
+:class:`daemon.store.committer.Committer`). The daemon keeps delivery, the HTTP
+API and the jobs.
+
+The daemon and each worker talk over a private ``SOCK_SEQPACKET`` socket pair,
+one pickled list of messages per packet:
+
+- daemon to worker: ``("init", Config, MaintenanceState, hostname, cert, key)``
+  first, then ``("config", Config)`` and ``("maintenance", state)`` whenever
+  those change (SIGHUP, ``PUT /api/admin/config``, maintenance mode), and
+  ``("stop", grace)``;
+- worker to daemon: ``("ready",)``; ``("wake",)`` after a commit of new mail,
+  so idle delivery workers claim it at once; ``("metric", name, args)`` for the
+  Prometheus figures of the SMTP path (accepted messages, transaction time).
+
+A worker that dies is started again (one second later, so a worker that cannot
+start does not spin); a worker whose daemon goes away stops by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copyreg
+import errno
+import io
+import logging
+import pickle
+import socket
+import subprocess
+import sys
+import time
+import types
+from typing import Any
+
+from daemon.config import Config
+from daemon.service import RelayService
+
+log = logging.getLogger("relayd.smtp")
+
+START_TIMEOUT = 60.0
+RESTART_DELAY = 1.0
+PACKET = 1 << 20  # largest control packet read at once (a pickled Config is a few KiB)
+
+
+def _mappingproxy(items: dict[Any, Any]) -> types.MappingProxyType[Any, Any]:
+    return types.MappingProxyType(items)
+
+
+def _reduce_mappingproxy(proxy: types.MappingProxyType[Any, Any]) -> tuple[Any, ...]:
+    return (_mappingproxy, (dict(proxy),))
+
+
+_DISPATCH = copyreg.dispatch_table.copy()
+_DISPATCH[types.MappingProxyType] = _reduce_mappingproxy
+
+
+def encode(messages: list[tuple[Any, ...]]) -> bytes:
+    """One control packet (the Config holds read-only mappings, pickled as such)."""
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
+    pickler.dispatch_table = _DISPATCH
+    pickler.dump(messages)
+    return buffer.getvalue()
+
+
+def decode(packet: bytes) -> list[tuple[Any, ...]]:
+    """The messages of one packet; only ever from our own end of a private socket pair."""
+    messages = pickle.loads(packet)
+    if not isinstance(messages, list):
+        raise ValueError("bad control packet")
+    return messages
+
+
+def bind_listeners(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets for ``host:port`` (every address it resolves to, one port)."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    seen: set[Any] = set()
+    try:
+        for family, kind, proto, _name, address in infos:
+            if address[:2] in seen:
+                continue
+            seen.add(address[:2])
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if port == 0 and len(sockets) > 1:  # the same port on every address
+                address = (address[0], sockets[0].getsockname()[1], *address[2:])
+            sock.bind(address)
+            sock.listen(1024)
+            sock.setblocking(False)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        reason = f"SMTP cannot listen on {host}:{port}: {exc.strerror or exc}"
+        raise OSError(exc.errno, reason) from None
+    return sockets
+
+
+class _Worker:
+    """One worker process and our end of its control socket."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.process: subprocess.Popen[bytes] | None = None
+        self.control: socket.socket | None = None
+        self.ready: asyncio.Future[None] | None = None
+        self.started = 0.0
+
+
+class WorkerPool:
+    """Starts, feeds, restarts and stops the SMTP worker processes; looks like SmtpListeners."""
+
+    def __init__(
+        self, config: Config, service: RelayService, cert: str, key: str, count: int
+    ) -> None:
+        self.config = config
+        self.service = service
+        self.cert = cert
+        self.key = key
+        self.count = count
+        self.hostname = config.smtp.hostname
+        self._listeners: tuple[list[socket.socket], list[socket.socket]] = ([], [])
+        self._workers: list[_Worker] = []
+        self._stopping = False
+
+    @property
+    def port(self) -> int:
+        return int(self._listeners[0][0].getsockname()[1])
+
+    @property
+    def tls_port(self) -> int:
+        return int(self._listeners[1][0].getsockname()[1])
+
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the running workers."""
+        return [w.process.pid for w in self._workers if w.process and w.process.poll() is None]
+
+    async def start(self) -> None:
+        """Bind both ports, start every worker, and return once all of them serve."""
+        smtp = self.config.smtp
+        if not self.hostname:
+            loop = asyncio.get_running_loop()
+            self.hostname = await loop.run_in_executor(None, socket.getfqdn)
+        plain = bind_listeners(smtp.host, smtp.port)
+        try:
+            tls = bind_listeners(smtp.host, smtp.tls_port)
+        except OSError:
+            for sock in plain:
+                sock.close()
+            raise
+        self._listeners = (plain, tls)
+        self.service.observers.append(self._broadcast_state)
+        self._workers = [_Worker(index) for index in range(self.count)]
+        try:
+            for worker in self._workers:
+                self._spawn(worker)
+            for worker in self._workers:
+                assert worker.ready is not None
+                await asyncio.wait_for(asyncio.shield(worker.ready), START_TIMEOUT)
+        except BaseException:
+            await self.stop(grace=0)
+            raise
+        log.info(
+            "SMTP listening on %s:%d (STARTTLS) and %s:%d (TLS) as %s in %d worker processes",
+            smtp.host,
+            self.port,
+            smtp.host,
+            self.tls_port,
+            self.hostname,
+            self.count,
+        )
+
+    def _spawn(self, worker: _Worker) -> None:
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        fds = [theirs.fileno()]
+        fds += [s.fileno() for s in self._listeners[0]] + [-1]
+        fds += [s.fileno() for s in self._listeners[1]]
+        argv = [sys.executable, "-m", "daemon.smtp.worker", str(worker.index), *map(str, fds)]
+        try:
+            process = subprocess.Popen(
+                argv,
+                pass_fds=[fd for fd in fds if fd >= 0],
+                stdin=subprocess.DEVNULL,
+                close_fds=True,
+            )
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        worker.process = process
+        worker.control = ours
+        worker.started = time.monotonic()
+        worker.ready = loop.create_future()
+        init = (
+            "init",
+            self.service.config,
+            self.service.maintenance,
+            self.hostname,
+            self.cert,
+            self.key,
+        )
+        ours.sendall(encode([init]))
+        loop.add_reader(ours.fileno(), self._readable, worker)
+
+    def _readable(self, worker: _Worker) -> None:
+        control = worker.control
+        if control is None:
+            return
+        while True:
+            try:
+                packet = control.recv(PACKET)
+            except BlockingIOError:
+                return
+            except OSError:
+                packet = b""
+            if not packet:
+                self._lost(worker)
+                return
+            try:
+                messages = decode(packet)
+            except Exception as exc:  # a worker we started sent garbage: restart it
+                log.error("SMTP worker %d sent a bad control packet: %s", worker.index, exc)
+                self._kill(worker)
+                return
+            for message in messages:
+                self._handle(worker, message)
+
+    def _handle(self, worker: _Worker, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "wake":
+            self.service.wake.set()
+        elif kind == "metric":
+            _, name, args = message
+            if name in ("message_accepted", "smtp_transaction"):
+                getattr(self.service.metrics, name)(*args)
+        elif kind == "ready":
+            if worker.ready is not None and not worker.ready.done():
+                worker.ready.set_result(None)
+            assert worker.process is not None
+            log.debug("SMTP worker %d ready (pid %d)", worker.index, worker.process.pid)
+
+    def _close_control(self, worker: _Worker) -> None:
+        if worker.control is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(worker.control.fileno())
+            worker.control.close()
+            worker.control = None
+
+    def _kill(self, worker: _Worker) -> None:
+        if worker.process is not None and worker.process.poll() is None:
+            worker.process.kill()
+        self._lost(worker)
+
+    def _lost(self, worker: _Worker) -> None:
+        """The worker's control socket closed: it exited (or is about to)."""
+        self._close_control(worker)
+        if worker.ready is not None and not worker.ready.done():
+            code = worker.process.wait() if worker.process is not None else None
+            reason = f"SMTP worker {worker.index} failed to start (exit code {code})"
+            worker.ready.set_exception(OSError(errno.ECHILD, reason))
+            return
+        if self._stopping:
+            return
+        loop = asyncio.get_running_loop()
+        loop.call_later(RESTART_DELAY, self._restart, worker)
+
+    def _restart(self, worker: _Worker) -> None:
+        if self._stopping or worker.control is not None:
+            return
+        code = None
+        if worker.process is not None:
+            try:
+                code = worker.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                worker.process.kill()
+                code = worker.process.wait()
+        log.error("SMTP worker %d exited (code %s); starting it again", worker.index, code)
+        self._spawn(worker)
+
+    def _broadcast_state(self) -> None:
+        """The config or maintenance state changed: every worker follows."""
+        packet = encode(
+            [("config", self.service.config), ("maintenance", self.service.maintenance)]
+        )
+        for worker in self._workers:
+            self._send(worker, packet)
+
+    @staticmethod
+    def _send(worker: _Worker, packet: bytes) -> None:
+        if worker.control is None:
+            return
+        try:
+            worker.control.sendall(packet)
+        except OSError as exc:
+            log.warning("SMTP worker %d unreachable: %s", worker.index, exc)
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop accepting; workers finish the DATA replies in flight (``grace``), then exit."""
+        self._stopping = True
+        with contextlib.suppress(ValueError):
+            self.service.observers.remove(self._broadcast_state)
+        packet = encode([("stop", grace)])
+        for worker in self._workers:
+            self._send(worker, packet)
+        deadline = time.monotonic() + grace + 10.0
+        for worker in self._workers:
+            process = worker.process
+            if process is None:
+                continue
+            left = max(0.1, deadline - time.monotonic())
+            try:
+                await asyncio.to_thread(process.wait, left)
+            except subprocess.TimeoutExpired:
+                log.warning("SMTP worker %d did not stop in time; killing it", worker.index)
+                process.kill()
+                await asyncio.to_thread(process.wait)
+            self._close_control(worker)
+        for sock in (*self._listeners[0], *self._listeners[1]):
+            sock.close()
+        self._listeners = ([], [])
