@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -16,7 +17,16 @@ from typing import Protocol
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import LOCALHOST, BenchError, Relayd, free_port, port_open, tree_cpu_seconds
+from common import (
+    LOCALHOST,
+    BenchError,
+    Relayd,
+    free_port,
+    port_open,
+    stop_process,
+    tree_cpu_seconds,
+    wait_port,
+)
 from postfix_local import LocalPostfix
 from profiler import Profile, PySpy
 
@@ -138,6 +148,40 @@ class PostfixTarget:
         self.postfix.stop()
 
 
+class NullTarget:
+    """A do-nothing aiosmtpd (bench/null_smtpd.py): what aiosmtpd alone costs here."""
+
+    def __init__(self) -> None:
+        self.label = "aiosmtpd-null"
+        self.port = free_port()
+        script = Path(__file__).resolve().parent / "null_smtpd.py"
+        self.process = subprocess.Popen(
+            [sys.executable, str(script), str(self.port)], start_new_session=True
+        )
+        self.cpu: float | None = None
+        try:
+            wait_port(self.port, 30, self.process)
+        except BenchError:
+            stop_process(self.process)
+            raise
+
+    def stored(self) -> int | None:
+        return None
+
+    def begin_measurement(self, name: str) -> None:
+        self.cpu = None
+        self._cpu_start = tree_cpu_seconds(self.process.pid)
+
+    def end_measurement(self) -> None:
+        self.cpu = tree_cpu_seconds(self.process.pid) - self._cpu_start
+
+    def notes(self) -> list[str]:
+        return []
+
+    def close(self) -> None:
+        stop_process(self.process)
+
+
 class ExternalTarget:
     """Something already listening on 127.0.0.1:PORT; only its SMTP replies are measured."""
 
@@ -172,6 +216,8 @@ def open_target(name: str, args: argparse.Namespace, sink_port: int | None) -> T
         return RelaydTarget(args, sink_port)
     if name == "postfix":
         return PostfixTarget(args, sink_port)
+    if name == "aiosmtpd-null":
+        return NullTarget()
     return ExternalTarget(name)
 
 
@@ -180,7 +226,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--target",
         action="append",
-        help="relayd, postfix or 127.0.0.1:PORT; repeat for a side-by-side run "
+        help="relayd, postfix, aiosmtpd-null (a do-nothing aiosmtpd) or 127.0.0.1:PORT; "
+        "repeat for a side-by-side run "
         "(default: postfix and relayd)",
     )
     parser.add_argument("--messages", "-m", type=int, default=10000, help="messages per run")
