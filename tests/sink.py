@@ -6,6 +6,7 @@
     Sink(tls=make_tls_context(cert, key), implicit_tls=True)   # SMTPS
     Sink(auth=("user", "secret"))                  # AUTH PLAIN/LOGIN offered without TLS
     Sink(dsn=True)                                 # advertises DSN, records RET/ENVID/NOTIFY/ORCPT
+    Sink(pipelining=False)                         # no PIPELINING: clients wait for each reply
 
 Records every accepted message (envelope and the bytes exactly as aiosmtpd
 un-dot-stuffed them) and counts connections, so tests can check reuse.
@@ -45,6 +46,8 @@ class _Handler:
         session.host_name = hostname
         if self.sink.dsn:
             responses.insert(len(responses) - 1, "250-DSN")
+        if self.sink.pipelining:
+            responses.insert(len(responses) - 1, "250-PIPELINING")
         return responses
 
     async def handle_MAIL(
@@ -124,6 +127,7 @@ class Sink:
         implicit_tls: bool = False,
         auth: tuple[str, str] | None = None,
         dsn: bool = False,
+        pipelining: bool = True,
     ) -> None:
         self.rcpt_replies = dict(rcpt_replies or {})
         self.data_reply = data_reply
@@ -133,6 +137,7 @@ class Sink:
         self.implicit_tls = implicit_tls
         self.auth = auth
         self.dsn = dsn
+        self.pipelining = pipelining
         self.messages: list[SinkMessage] = []
         self.connections = 0
         self.auth_attempts = 0

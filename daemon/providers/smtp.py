@@ -1,8 +1,16 @@
 """The smtp provider: an upstream smarthost reached with aiosmtplib over a small connection pool.
 
-The accepted bytes go out unchanged: aiosmtplib only normalises line endings
-to CRLF (stored messages already use CRLF) and dot-stuffs lines starting with
-".", so no line of the message can end the DATA phase early.
+The accepted bytes go out unchanged: line endings are normalised to CRLF
+(stored messages already use CRLF, so this is usually a no-op) and lines
+starting with "." are dot-stuffed, so no line of the message can end the DATA
+phase early.
+
+aiosmtplib connects, negotiates TLS, authenticates and greets. When the server
+advertises PIPELINING (RFC 2920), one transaction is two writes: MAIL FROM,
+every RCPT TO and DATA together, then the message; the replies are read in
+order by :class:`_ReplyReader`, which takes the transport over for that
+exchange only. Without PIPELINING each command waits for its reply through
+aiosmtplib as before. Either way every reply is handled the same way.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import aiosmtplib
 from aiosmtplib import (
@@ -22,11 +31,14 @@ from aiosmtplib import (
     SMTPDataError,
     SMTPException,
     SMTPHeloError,
+    SMTPReadTimeoutError,
     SMTPRecipientRefused,
+    SMTPResponse,
     SMTPResponseException,
     SMTPSenderRefused,
     SMTPServerDisconnected,
 )
+from aiosmtplib.email import quote_address
 
 from daemon.config import Config, ProviderConfig
 from daemon.core.dsn import xtext_encode
@@ -74,6 +86,190 @@ def _orcpt(stored: str) -> str:
     if not sep:
         addr_type, address = "rfc822", stored
     return f"{addr_type};{xtext_encode(address)}"
+
+
+# A plain dot-atom address: ``email.utils.parseaddr`` (behind aiosmtplib's
+# ``quote_address``) returns it unchanged, so it is quoted without parsing.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_ADDRESS = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
+# What aiosmtplib refuses on a command line and how it ends and stuffs DATA.
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
+_LINE_ENDINGS = re.compile(rb"(?:\r\n|\n|\r(?!\n))")
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+# aiosmtplib's limits on a reply (protocol.MAX_LINE_LENGTH, MAX_RESPONSE_LENGTH).
+_MAX_REPLY_LINE = 8192
+_MAX_PENDING_REPLY = _MAX_REPLY_LINE * 4
+_SERVICE_CLOSING = 421  # aiosmtplib drops the session on this reply to MAIL or RCPT
+
+
+def _quoted(address: str) -> str:
+    """``<address>`` exactly as aiosmtplib's ``quote_address`` makes it (ValueError if unsafe)."""
+    if _PLAIN_ADDRESS.fullmatch(address):
+        return f"<{address}>"
+    return quote_address(address)
+
+
+def _command(verb: str, address: str, options: Sequence[str], encoding: str) -> bytes:
+    """One MAIL or RCPT line, byte for byte what aiosmtplib sends (ValueError where it would)."""
+    line = b" ".join(
+        [f"{verb}{_quoted(address)}".encode(encoding), *(o.encode("ascii") for o in options)]
+    )
+    if _CONTROL.search(line):
+        raise ValueError("Command arg contains a prohibited control character")
+    return line + b"\r\n"
+
+
+def data_payload(raw: bytes) -> bytes:
+    """The DATA bytes aiosmtplib would send: CRLF line ends, dot-stuffed, then ``.CRLF``.
+
+    Stored messages already end every line with CRLF; only other input is rewritten.
+    """
+    lf = raw.count(b"\n")
+    if raw.count(b"\r\n") != lf or raw.count(b"\r") != lf or not raw.endswith(b"\r\n"):
+        raw = _LINE_ENDINGS.sub(b"\r\n", raw)
+        if not raw.endswith(b"\r\n"):
+            raw += b"\r\n"
+    if raw.startswith(b".") or b"\n." in raw:
+        raw = _LEADING_DOT.sub(b"..", raw)
+    return raw + b".\r\n"
+
+
+def _rcpt_options(recipient: Recipient, dsn: bool) -> list[str]:
+    options: list[str] = []
+    if dsn:
+        if recipient.notify:
+            options.append(f"NOTIFY={recipient.notify}")
+        if recipient.orcpt:
+            options.append(f"ORCPT={_orcpt(recipient.orcpt)}")
+    return options
+
+
+class _ReplyReader(asyncio.Protocol):
+    """Takes a session's transport over for one pipelined exchange and reads the replies.
+
+    Replies are parsed as aiosmtplib parses them and kept in order. A lost
+    connection, an EOF, a reply timeout (restarted whenever a reply arrives) or
+    an unreadable reply ends the exchange with the error aiosmtplib would raise,
+    and the session is then never reused (``broken``).
+    """
+
+    def __init__(self, transport: asyncio.WriteTransport, timeout: float | None) -> None:
+        self.transport = transport
+        self.timeout = timeout
+        self.replies: list[SMTPResponse] = []
+        self.error: SMTPException | None = None
+        self.broken = False
+        self._wanted = 0
+        self._buffer = bytearray()
+        self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop = asyncio.get_running_loop()
+
+    def send(self, data: bytes, replies: int) -> None:
+        """Write ``data`` (one or more commands) that ``replies`` replies will answer."""
+        if self.error is not None:
+            raise self.error
+        if self.transport.is_closing():
+            self.broken = True
+            raise SMTPServerDisconnected("Connection lost")
+        self._wanted += replies
+        self.transport.write(data)
+
+    async def wait(self) -> None:
+        """Until every reply asked for so far has arrived, or the exchange failed."""
+        if len(self.replies) >= self._wanted or self.error is not None:
+            return
+        self._waiter = self._loop.create_future()
+        if self.timeout is not None:
+            self._timer = self._loop.call_later(self.timeout, self._timed_out)
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+    def reply(self, index: int) -> SMTPResponse:
+        """The ``index``-th reply of the exchange, or the error that stopped it first."""
+        if index < len(self.replies):
+            return self.replies[index]
+        assert self.error is not None, "wait() for a reply before taking it"
+        raise self.error
+
+    # -- asyncio.Protocol ----------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self.error is not None or len(self.replies) >= self._wanted:
+            return  # unsolicited, dropped as aiosmtplib drops it
+        self._buffer += data
+        before = len(self.replies)
+        try:
+            self._parse()
+        except SMTPResponseException as exc:
+            self._fail(exc)
+            return
+        if len(self.replies) >= self._wanted:
+            self._wake()
+        elif len(self._buffer) > _MAX_PENDING_REPLY:
+            self._fail(SMTPResponseException(-1, "Response too long"))
+        elif len(self.replies) > before and self._timer is not None and self.timeout is not None:
+            self._timer.cancel()
+            self._timer = self._loop.call_later(self.timeout, self._timed_out)
+
+    def eof_received(self) -> bool:
+        self._fail(SMTPServerDisconnected("Unexpected EOF received"))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        error = SMTPServerDisconnected("Connection lost")
+        if exc is not None:
+            error.__cause__ = exc
+        self._fail(error)
+
+    # -- internals -----------------------------------------------------------------
+
+    def _parse(self) -> None:
+        """Move every complete reply (up to the ones wanted) from the buffer to ``replies``."""
+        buffer = self._buffer
+        offset = 0
+        code = -1
+        message = bytearray()
+        while len(self.replies) < self._wanted:
+            end = buffer.find(b"\n", offset)
+            if end == -1:
+                break
+            line = bytes(buffer[offset : end + 1])
+            if len(line) > _MAX_REPLY_LINE:
+                raise SMTPResponseException(-1, "Response too long")
+            try:
+                code = int(line[:3])
+            except ValueError:
+                text = line.decode("utf-8", errors="ignore")
+                raise SMTPResponseException(-1, f"Malformed SMTP response line: {text}") from None
+            offset = end + 1
+            if message:
+                message += b"\n"
+            message += line[4:].strip(b" \t\r\n")
+            if line[3:4] != b"-":
+                self.replies.append(SMTPResponse(code, message.decode("utf-8", "surrogateescape")))
+                del buffer[:offset]
+                offset = 0
+                message = bytearray()
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        self._fail(SMTPReadTimeoutError("Timed out waiting for server response"))
+
+    def _fail(self, error: SMTPException) -> None:
+        self.broken = True
+        if self.error is None:
+            self.error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
 
 class SmtpProvider:
@@ -262,6 +458,10 @@ class SmtpProvider:
             )
         encoding = "utf-8" if utf8 else "ascii"
         options, dsn = self._mail_options(client, envelope, utf8)
+        if client.supports_extension("pipelining"):
+            pipelined = await self._pipelined(client, envelope, reused, options, dsn, encoding)
+            if pipelined is not None:
+                return pipelined
         try:
             await client.mail(envelope.mail_from, options=options, encoding=encoding)
         except SMTPServerDisconnected as exc:
@@ -270,11 +470,7 @@ class SmtpProvider:
             raise
         except SMTPSenderRefused as exc:
             await self._reset(client)
-            kind = classify_smtp(exc.code, exc.message)
-            reply = f"{exc.code} {exc.message}"
-            return DeliveryResult.uniform(
-                kind, envelope.recipients, exc.code, reply, remote=self.host
-            )
+            return self._sender_refused(envelope, exc.code, exc.message)
         except ValueError as exc:
             reply = f"501 5.1.7 sender address cannot be sent: {exc}"
             return DeliveryResult.uniform(
@@ -284,63 +480,92 @@ class SmtpProvider:
         accepted: list[Recipient] = []
         refused: dict[str, RecipientResult] = {}
         for r in envelope.recipients:
-            rcpt_options: list[str] = []
-            if dsn:
-                if r.notify:
-                    rcpt_options.append(f"NOTIFY={r.notify}")
-                if r.orcpt:
-                    rcpt_options.append(f"ORCPT={_orcpt(r.orcpt)}")
             try:
-                await client.rcpt(r.address, options=rcpt_options, encoding=encoding)
+                await client.rcpt(r.address, options=_rcpt_options(r, dsn), encoding=encoding)
                 accepted.append(r)
             except SMTPRecipientRefused as exc:
-                kind = classify_smtp(exc.code, exc.message)
-                refused[r.address] = RecipientResult(
-                    r.address, kind, exc.code, f"{exc.code} {exc.message}"
-                )
+                refused[r.address] = self._refused_recipient(r.address, exc.code, exc.message)
             except ValueError as exc:
                 reply = f"501 5.1.3 recipient address cannot be sent: {exc}"
                 refused[r.address] = RecipientResult(r.address, PERMANENT, 501, reply)
 
         if not accepted:
             await self._reset(client)
-            results = tuple(refused[r.address] for r in envelope.recipients)
-            first = results[0]
-            return DeliveryResult(
-                outcome=combine([x.outcome for x in results]),
-                recipients=results,
-                code=first.code,
-                reply=first.reply,
-                remote=self.host,
-            )
+            return self._all_refused(envelope, refused)
 
         try:
             response = await client.data(envelope.raw)
         except SMTPDataError as exc:
             await self._reset(client)
-            kind = classify_smtp(exc.code, exc.message)
-            reply = f"{exc.code} {exc.message}"
-            for r in accepted:
-                refused[r.address] = RecipientResult(r.address, kind, exc.code, reply)
-            results = tuple(refused[r.address] for r in envelope.recipients)
-            return DeliveryResult(
-                outcome=combine([x.outcome for x in results]),
-                recipients=results,
-                code=exc.code,
-                reply=reply,
-                remote=self.host,
-            )
+            return self._data_refused(envelope, accepted, refused, exc.code, exc.message)
+        return self._sent(envelope, accepted, refused, response, dsn)
 
+    def _sender_refused(self, envelope: Envelope, code: int, message: str) -> DeliveryResult:
+        kind = classify_smtp(code, message)
+        reply = f"{code} {message}"
+        return DeliveryResult.uniform(kind, envelope.recipients, code, reply, remote=self.host)
+
+    @staticmethod
+    def _refused_recipient(address: str, code: int, message: str) -> RecipientResult:
+        return RecipientResult(address, classify_smtp(code, message), code, f"{code} {message}")
+
+    def _all_refused(
+        self, envelope: Envelope, refused: dict[str, RecipientResult]
+    ) -> DeliveryResult:
+        results = tuple(refused[r.address] for r in envelope.recipients)
+        first = results[0]
+        return DeliveryResult(
+            outcome=combine([x.outcome for x in results]),
+            recipients=results,
+            code=first.code,
+            reply=first.reply,
+            remote=self.host,
+        )
+
+    def _data_refused(
+        self,
+        envelope: Envelope,
+        accepted: list[Recipient],
+        refused: dict[str, RecipientResult],
+        code: int,
+        message: str,
+    ) -> DeliveryResult:
+        kind = classify_smtp(code, message)
+        reply = f"{code} {message}"
+        for r in accepted:
+            refused[r.address] = RecipientResult(r.address, kind, code, reply)
+        results = tuple(refused[r.address] for r in envelope.recipients)
+        return DeliveryResult(
+            outcome=combine([x.outcome for x in results]),
+            recipients=results,
+            code=code,
+            reply=reply,
+            remote=self.host,
+        )
+
+    def _sent(
+        self,
+        envelope: Envelope,
+        accepted: list[Recipient],
+        refused: dict[str, RecipientResult],
+        response: SMTPResponse,
+        dsn: bool,
+    ) -> DeliveryResult:
         reply = f"{response.code} {response.message}"
         match = _QUEUED_AS.search(response.message)
         provider_message_id = match.group(1) if match else response.message[:200]
-        sent = {r.address for r in accepted}
-        results = tuple(
-            RecipientResult(r.address, SENT, response.code, reply)
-            if r.address in sent
-            else refused[r.address]
-            for r in envelope.recipients
-        )
+        if refused:
+            sent = {r.address for r in accepted}
+            results = tuple(
+                RecipientResult(r.address, SENT, response.code, reply)
+                if r.address in sent
+                else refused[r.address]
+                for r in envelope.recipients
+            )
+        else:
+            results = tuple(
+                RecipientResult(r.address, SENT, response.code, reply) for r in envelope.recipients
+            )
         return DeliveryResult(
             outcome=SENT,
             recipients=results,
@@ -350,6 +575,123 @@ class SmtpProvider:
             remote=self.host,
             dsn_relayed=dsn,
         )
+
+    async def _pipelined(
+        self,
+        client: aiosmtplib.SMTP,
+        envelope: Envelope,
+        reused: bool,
+        options: list[str],
+        dsn: bool,
+        encoding: str,
+    ) -> DeliveryResult | None:
+        """The transaction in two writes (RFC 2920); None to take the step-by-step path.
+
+        Addresses aiosmtplib would refuse to send, and a session that is not in
+        its usual greeted state, take the step-by-step path, which reports them
+        exactly as before.
+        """
+        transport, protocol = client.transport, client.protocol
+        if transport is None or protocol is None or client.is_ehlo_or_helo_needed:
+            return None
+        try:
+            commands = [_command("MAIL FROM:", envelope.mail_from, options, encoding)]
+            commands += [
+                _command("RCPT TO:", r.address, _rcpt_options(r, dsn), encoding)
+                for r in envelope.recipients
+            ]
+        except ValueError:
+            return None
+        commands.append(b"DATA\r\n")
+        reader = _ReplyReader(cast(asyncio.WriteTransport, transport), self.timeout)
+        transport.set_protocol(reader)
+        try:
+            result, reset = await self._exchange(reader, envelope, reused, commands, dsn)
+        finally:
+            if reader.broken:
+                client.close()
+            else:
+                transport.set_protocol(protocol)
+        if reset:
+            await self._reset(client)
+        return result
+
+    async def _exchange(
+        self,
+        reader: _ReplyReader,
+        envelope: Envelope,
+        reused: bool,
+        commands: list[bytes],
+        dsn: bool,
+    ) -> tuple[DeliveryResult, bool]:
+        """Every reply handled as the step-by-step path handles it; True when RSET must follow.
+
+        Where aiosmtplib would have dropped the session (a 421 to MAIL or RCPT)
+        the reader is marked broken and the next step fails as it would there.
+        """
+        try:
+            reader.send(b"".join(commands), len(commands))
+            await reader.wait()
+            mail = reader.reply(0)
+        except SMTPServerDisconnected as exc:
+            if reused:
+                raise _StaleConnection() from exc
+            raise
+        data_index = len(commands) - 1
+        if mail.code != 250:
+            reader.broken = reader.broken or mail.code == _SERVICE_CLOSING
+            self._abandon(reader, data_index)
+            return self._sender_refused(envelope, mail.code, mail.message), True
+
+        accepted: list[Recipient] = []
+        refused: dict[str, RecipientResult] = {}
+        closing = False
+        for index, r in enumerate(envelope.recipients, start=1):
+            if closing:
+                raise SMTPServerDisconnected("Server not connected")
+            reply = reader.reply(index)
+            if reply.code == _SERVICE_CLOSING:
+                closing = reader.broken = True
+            if reply.code in (250, 251):
+                accepted.append(r)
+            else:
+                refused[r.address] = self._refused_recipient(r.address, reply.code, reply.message)
+
+        if not accepted:
+            self._abandon(reader, data_index)
+            return self._all_refused(envelope, refused), True
+        if closing:
+            raise SMTPServerDisconnected("Connection lost")
+        start = reader.reply(data_index)
+        if start.code != 354:
+            refusal = self._data_refused(envelope, accepted, refused, start.code, start.message)
+            return refusal, True
+        reader.send(data_payload(envelope.raw), 1)
+        await reader.wait()
+        response = reader.reply(data_index + 1)
+        if response.code != 250:
+            refusal = self._data_refused(
+                envelope, accepted, refused, response.code, response.message
+            )
+            return refusal, True
+        return self._sent(envelope, accepted, refused, response, dsn), False
+
+    @staticmethod
+    def _abandon(reader: _ReplyReader, data_index: int) -> None:
+        """After MAIL or every RCPT was refused: a server that opened DATA anyway is dropped.
+
+        A compliant server refuses that DATA; one that answered 354 is waiting
+        for a message we will not send, so the session is closed, not reused.
+        """
+        if reader.broken:
+            return
+        try:
+            start = reader.reply(data_index)
+        except SMTPException:
+            reader.broken = True
+            return
+        if start.code == 354:
+            reader.broken = True
 
     async def _reset(self, client: aiosmtplib.SMTP) -> None:
         """RSET after an aborted transaction so the session can carry the next message."""

@@ -32,9 +32,15 @@ def envelope(*rcpts: str, raw: bytes = RAW, mail_from: str = "a@example.com") ->
     )
 
 
+@pytest.fixture(params=[True, False], ids=["pipelining", "lockstep"])
+def pipelining(request: pytest.FixtureRequest) -> bool:
+    """Every sink here runs with and without PIPELINING: both client paths see each case."""
+    return bool(request.param)
+
+
 @pytest.fixture
-async def sink() -> AsyncIterator[Sink]:
-    async with Sink() as s:
+async def sink(pipelining: bool) -> AsyncIterator[Sink]:
+    async with Sink(pipelining=pipelining) as s:
         yield s
 
 
@@ -83,7 +89,7 @@ async def test_dot_lines_survive_the_round_trip(sink: Sink) -> None:
     assert sink.connections == 1
 
 
-async def test_dsn_parameters_go_upstream_when_offered() -> None:
+async def test_dsn_parameters_go_upstream_when_offered(pipelining: bool) -> None:
     env = Envelope(
         id="msg-TEST",
         mail_from="a@example.com",
@@ -95,7 +101,10 @@ async def test_dsn_parameters_go_upstream_when_offered() -> None:
         dsn_ret="HDRS",
         dsn_envid="ENV 1+2",
     )
-    async with Sink(dsn=True) as with_dsn, Sink() as without:
+    async with (
+        Sink(pipelining=pipelining, dsn=True) as with_dsn,
+        Sink(pipelining=pipelining) as without,
+    ):
         for s in (with_dsn, without):
             p = provider(s.port)
             try:
@@ -134,8 +143,8 @@ async def test_null_sender_for_bounces(sink: Sink) -> None:
         ("550 5.7.1 policy", PERMANENT),
     ],
 )
-async def test_data_replies_are_classified(reply: str, outcome: str) -> None:
-    async with Sink(data_reply=reply) as s:
+async def test_data_replies_are_classified(pipelining: bool, reply: str, outcome: str) -> None:
+    async with Sink(pipelining=pipelining, data_reply=reply) as s:
         p = provider(s.port)
         try:
             result = await p.send(envelope("b@example.org", "c@example.org"))
@@ -148,8 +157,8 @@ async def test_data_replies_are_classified(reply: str, outcome: str) -> None:
     assert s.messages == []
 
 
-async def test_sender_refused_is_classified() -> None:
-    async with Sink(mail_reply="553 5.1.8 sender rejected") as s:
+async def test_sender_refused_is_classified(pipelining: bool) -> None:
+    async with Sink(pipelining=pipelining, mail_reply="553 5.1.8 sender rejected") as s:
         p = provider(s.port)
         try:
             result = await p.send(envelope())
@@ -158,9 +167,9 @@ async def test_sender_refused_is_classified() -> None:
     assert (result.outcome, result.code) == (PERMANENT, 553)
 
 
-async def test_partial_recipients() -> None:
+async def test_partial_recipients(pipelining: bool) -> None:
     replies = {"gone@example.org": "550 5.1.1 no such user", "busy@example.org": "450 4.2.1 busy"}
-    async with Sink(rcpt_replies=replies) as s:
+    async with Sink(pipelining=pipelining, rcpt_replies=replies) as s:
         p = provider(s.port)
         try:
             result = await p.send(
@@ -184,8 +193,10 @@ async def test_partial_recipients() -> None:
         ({"x@example.org": "550 5.1.1 no", "y@example.org": "452 4.5.3 too many"}, TEMPORARY),
     ],
 )
-async def test_every_recipient_refused(replies: dict[str, str], outcome: str) -> None:
-    async with Sink(rcpt_replies=replies) as s:
+async def test_every_recipient_refused(
+    pipelining: bool, replies: dict[str, str], outcome: str
+) -> None:
+    async with Sink(pipelining=pipelining, rcpt_replies=replies) as s:
         p = provider(s.port)
         try:
             result = await p.send(envelope("x@example.org", "y@example.org"))
@@ -199,8 +210,8 @@ async def test_every_recipient_refused(replies: dict[str, str], outcome: str) ->
     assert s.connections == 1
 
 
-async def test_wrong_password_is_auth_error() -> None:
-    async with Sink(auth=("relay", "right")) as s:
+async def test_wrong_password_is_auth_error(pipelining: bool) -> None:
+    async with Sink(pipelining=pipelining, auth=("relay", "right")) as s:
         bad = provider(s.port, username="relay", password="wrong")
         good = provider(s.port, username="relay", password="right")
         try:
@@ -249,6 +260,94 @@ async def test_silent_server_times_out_as_temporary() -> None:
     assert "Timeout" in result.reply or "timed out" in result.reply.lower()
 
 
+async def test_pipelined_group_goes_out_before_any_reply() -> None:
+    """MAIL, every RCPT and DATA leave together; replies are paired in order however they arrive.
+
+    The server below reads up to DATA before it answers anything, so a client
+    that waited for the MAIL reply would hang. It answers once in one write and
+    once a byte at a time (a multi-line RCPT reply split anywhere).
+    """
+    groups: list[bytes] = []
+    bodies: list[bytes] = []
+    replies = (
+        b"250 2.1.0 sender ok\r\n250-2.1.5 first line\r\n250 2.1.5 ok\r\n"
+        b"550 5.1.1 no such user\r\n354 go ahead\r\n"
+    )
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 scripted ESMTP\r\n")
+        await reader.readline()
+        writer.write(b"250-scripted\r\n250-PIPELINING\r\n250 SIZE 1000000\r\n")
+        for n, split in enumerate((False, True), start=1):
+            groups.append(await reader.readuntil(b"DATA\r\n"))
+            if split:
+                for i in range(len(replies)):
+                    writer.write(replies[i : i + 1])
+                    await writer.drain()
+                    await asyncio.sleep(0)
+            else:
+                writer.write(replies)
+            bodies.append(await reader.readuntil(b"\r\n.\r\n"))
+            writer.write(b"250 2.0.0 Ok: queued as Q%d\r\n" % n)
+        if await reader.readline() == b"QUIT\r\n":
+            writer.write(b"221 2.0.0 bye\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    raw = b"Subject: dots\r\n\r\n.\r\n.leading\r\nend\r\n"
+    p = provider(port)
+    try:
+        results = [await p.send(envelope("b@example.org", "c@example.org", raw=raw)) for _ in "12"]
+    finally:
+        await p.close()
+        server.close()
+        await server.wait_closed()
+    group = (
+        b"MAIL FROM:<a@example.com> SIZE=%d\r\nRCPT TO:<b@example.org>\r\n"
+        b"RCPT TO:<c@example.org>\r\nDATA\r\n" % len(raw)
+    )
+    assert groups == [group, group]
+    assert bodies == [b"Subject: dots\r\n\r\n..\r\n..leading\r\nend\r\n.\r\n"] * 2
+    assert p.connections_opened == 1
+    for n, result in enumerate(results, start=1):
+        assert (result.outcome, result.provider_message_id) == (SENT, f"Q{n}")
+        sent, refused = result.recipients
+        assert (sent.outcome, sent.reply) == (SENT, f"250 2.0.0 Ok: queued as Q{n}")
+        assert (refused.outcome, refused.code, refused.reply) == (
+            PERMANENT,
+            550,
+            "550 5.1.1 no such user",
+        )
+
+
+async def test_pipelined_reply_that_never_comes_times_out() -> None:
+    writers: list[asyncio.StreamWriter] = []
+
+    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        writer.write(b"220 scripted ESMTP\r\n")
+        await reader.readline()
+        writer.write(b"250-scripted\r\n250 PIPELINING\r\n")
+        await reader.readuntil(b"DATA\r\n")
+        writer.write(b"250 2.1.0 sender ok\r\n")  # and nothing for RCPT or DATA
+
+    server = await asyncio.start_server(stall, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    p = provider(port, timeout=0.3)
+    try:
+        result = await p.send(envelope())
+    finally:
+        await p.close()
+        server.close()
+        await server.wait_closed()
+        for writer in writers:
+            writer.close()
+    assert result.outcome == TEMPORARY
+    assert result.reply == "SMTPReadTimeoutError: Timed out waiting for server response"
+    assert p.idle_connections == 0
+
+
 async def test_connection_reuse_and_pool_bound(sink: Sink) -> None:
     p = provider(sink.port, max_connections=3)
     try:
@@ -287,10 +386,10 @@ def cert(tmp_path: Path) -> tuple[Path, Path]:
 
 @pytest.mark.parametrize("mode", ["starttls", "implicit"])
 async def test_tls_modes_from_config(
-    mode: str, cert: tuple[Path, Path], make_config: object
+    pipelining: bool, mode: str, cert: tuple[Path, Path], make_config: object
 ) -> None:
     context = server_tls_context(*cert)
-    async with Sink(tls=context, implicit_tls=mode == "implicit") as s:
+    async with Sink(pipelining=pipelining, tls=context, implicit_tls=mode == "implicit") as s:
         config = make_config(  # type: ignore[operator]
             providers={
                 "up": {
@@ -315,8 +414,10 @@ async def test_tls_modes_from_config(
     assert s.messages[0].data == RAW
 
 
-async def test_untrusted_certificate_is_temporary(cert: tuple[Path, Path]) -> None:
-    async with Sink(tls=server_tls_context(*cert)) as s:
+async def test_untrusted_certificate_is_temporary(
+    pipelining: bool, cert: tuple[Path, Path]
+) -> None:
+    async with Sink(pipelining=pipelining, tls=server_tls_context(*cert)) as s:
         p = provider(s.port, tls="starttls", tls_context=ssl.create_default_context())
         try:
             result = await p.send(envelope())
