@@ -102,7 +102,7 @@ _MAX_PENDING_REPLY = _MAX_REPLY_LINE * 4
 _SERVICE_CLOSING = 421  # aiosmtplib drops the session on this reply to MAIL or RCPT
 
 
-def _quoted(address: str) -> str:
+def quoted_address(address: str) -> str:
     """``<address>`` exactly as aiosmtplib's ``quote_address`` makes it (ValueError if unsafe)."""
     if _PLAIN_ADDRESS.fullmatch(address):
         return f"<{address}>"
@@ -112,7 +112,7 @@ def _quoted(address: str) -> str:
 def _command(verb: str, address: str, options: Sequence[str], encoding: str) -> bytes:
     """One MAIL or RCPT line, byte for byte what aiosmtplib sends (ValueError where it would)."""
     line = b" ".join(
-        [f"{verb}{_quoted(address)}".encode(encoding), *(o.encode("ascii") for o in options)]
+        [f"{verb}{quoted_address(address)}".encode(encoding), *(o.encode("ascii") for o in options)]
     )
     if _CONTROL.search(line):
         raise ValueError("Command arg contains a prohibited control character")

@@ -15,6 +15,7 @@ from daemon.core.message import Recipient
 from daemon.core.retry import AUTH_ERROR, PERMANENT, SENT, TEMPORARY
 from daemon.providers import OutboxProvider, SmtpProvider, build_providers
 from daemon.providers.base import Envelope
+from daemon.providers.smtp import data_payload, quoted_address
 from tests.sink import Sink, server_tls_context, write_self_signed
 
 RAW = (
@@ -258,6 +259,61 @@ async def test_silent_server_times_out_as_temporary() -> None:
             await writer.wait_closed()
     assert result.outcome == TEMPORARY
     assert "Timeout" in result.reply or "timed out" in result.reply.lower()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        RAW,
+        b"",
+        b".",
+        b"no line end",
+        b".lead\r\n.\r\n..\r\nmid.dle\r\n",
+        b"bare\nlf\n.dot after lf\n",
+        b"bare\rcr\r.dot after cr\r",
+        b"mixed\r\nends\n\r\r\n\r",
+        b"\r\n.\r\n",
+    ],
+)
+def test_data_payload_is_what_aiosmtplib_sends(raw: bytes) -> None:
+    """CRLF line ends and dot-stuffing only, as aiosmtplib's own DATA; a CRLF message is kept."""
+    from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
+
+    expected = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(raw)) + b".\r\n"
+    assert data_payload(raw) == expected
+    body = data_payload(raw)[:-3]
+    assert b"\r\n.\r\n" not in b"\r\n" + body  # no lone-dot line before the end
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "a@example.com",
+        "first.last+tag@sub.example.org",
+        "o'neil/x=y{z}|~^`#$%&*!?@example.org",
+        "",
+        "a..b@example.com",
+        ".a@example.com",
+        "a.@example.com",
+        "a@example.com.",
+        "Name <a@example.com>",
+        '"quoted local"@example.com',
+        "a@[192.0.2.1]",
+        "no-at-sign",
+        "a@b@c",
+        "a@example.com (comment)",
+    ],
+)
+def test_addresses_are_quoted_as_aiosmtplib_quotes_them(address: str) -> None:
+    from aiosmtplib.email import quote_address
+
+    try:
+        expected = quote_address(address)
+    except ValueError:
+        with pytest.raises(ValueError):
+            quoted_address(address)
+    else:
+        assert quoted_address(address) == expected
 
 
 async def test_pipelined_group_goes_out_before_any_reply() -> None:
