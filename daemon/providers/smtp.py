@@ -231,31 +231,37 @@ class _ReplyReader(asyncio.Protocol):
 
     def _parse(self) -> None:
         """Move every complete reply (up to the ones wanted) from the buffer to ``replies``."""
-        buffer = self._buffer
-        offset = 0
-        code = -1
-        message = bytearray()
+        data = bytes(self._buffer)
+        offset = done = 0
+        message: bytearray | None = None  # the lines so far of a multi-line reply
         while len(self.replies) < self._wanted:
-            end = buffer.find(b"\n", offset)
+            end = data.find(b"\n", offset)
             if end == -1:
                 break
-            line = bytes(buffer[offset : end + 1])
+            line = data[offset : end + 1]
+            offset = end + 1
             if len(line) > _MAX_REPLY_LINE:
                 raise SMTPResponseException(-1, "Response too long")
             try:
                 code = int(line[:3])
             except ValueError:
-                text = line.decode("utf-8", errors="ignore")
-                raise SMTPResponseException(-1, f"Malformed SMTP response line: {text}") from None
-            offset = end + 1
-            if message:
-                message += b"\n"
-            message += line[4:].strip(b" \t\r\n")
-            if line[3:4] != b"-":
-                self.replies.append(SMTPResponse(code, message.decode("utf-8", "surrogateescape")))
-                del buffer[:offset]
-                offset = 0
-                message = bytearray()
+                shown = line.decode("utf-8", errors="ignore")
+                raise SMTPResponseException(-1, f"Malformed SMTP response line: {shown}") from None
+            text = line[4:].strip(b" \t\r\n")
+            last = line[3:4] != b"-"
+            if message is not None:
+                if message:
+                    message += b"\n"
+                message += text
+                text = bytes(message)
+            if last:
+                self.replies.append(SMTPResponse(code, text.decode("utf-8", "surrogateescape")))
+                message = None
+                done = offset
+            elif message is None:
+                message = bytearray(text)
+        if done:
+            del self._buffer[:done]
 
     def _timed_out(self) -> None:
         self._timer = None

@@ -377,6 +377,54 @@ async def test_pipelined_group_goes_out_before_any_reply() -> None:
         )
 
 
+async def test_pipelined_and_lockstep_read_replies_alike(pipelining: bool) -> None:
+    """Multi-line and odd replies give the same result with and without PIPELINING."""
+    rcpt_replies = {
+        b"<odd@example.org>": b"550-\r\n550-5.1.1 first\r\n550-\r\n550 5.1.1 last \r\n",
+        b"<ok@example.org>": b"250 2.1.5 ok\r\n",
+        b"<busy@example.org>": b"452-4.5.3 too\n452 4.5.3 many\r\n",
+    }
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 scripted ESMTP\r\n")
+        while line := await reader.readline():
+            verb = line[:4].upper()
+            if verb == b"EHLO":
+                extra = b"250-PIPELINING\r\n" if pipelining else b""
+                writer.write(b"250-scripted\r\n" + extra + b"250 8BITMIME\r\n")
+            elif verb == b"MAIL":
+                writer.write(b"250 2.1.0 ok\r\n")
+            elif verb == b"RCPT":
+                writer.write(rcpt_replies[line[8:].strip()])
+            elif verb == b"DATA":
+                writer.write(b"354 go\r\n")
+                await reader.readuntil(b"\r\n.\r\n")
+                writer.write(b"250-first\r\n250-\r\n250 2.0.0 Ok: queued as <Q1>\r\n")
+            elif verb == b"QUIT":
+                writer.write(b"221 bye\r\n")
+                break
+            else:
+                writer.write(b"250 ok\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    p = provider(port)
+    try:
+        result = await p.send(envelope("odd@example.org", "ok@example.org", "busy@example.org"))
+    finally:
+        await p.close()
+        server.close()
+        await server.wait_closed()
+    assert result.outcome == SENT, result
+    assert result.provider_message_id == "Q1"
+    assert result.reply == "250 first\n\n2.0.0 Ok: queued as <Q1>"
+    odd, ok, busy = result.recipients
+    assert (odd.outcome, odd.reply) == (PERMANENT, "550 5.1.1 first\n\n5.1.1 last")
+    assert (ok.outcome, ok.reply) == (SENT, result.reply)
+    assert (busy.outcome, busy.reply) == (TEMPORARY, "452 4.5.3 too\n4.5.3 many")
+
+
 async def test_pipelined_reply_that_never_comes_times_out() -> None:
     writers: list[asyncio.StreamWriter] = []
 
