@@ -41,7 +41,6 @@ from daemon.api import (
 from daemon.api.errors import EXCEPTION_HANDLERS, iso_utc
 from daemon.api.maylng_common import MaylngError, on_maylng_error
 from daemon.api.middleware import RequestContextMiddleware
-from daemon.api.ratelimit import RateLimitHeadersMiddleware
 from daemon.service import RelayService
 
 HEALTH_DB_TIMEOUT = 5.0
@@ -95,6 +94,12 @@ def maylng_routes() -> list[BaseRoute]:
 def create_app(service: RelayService) -> Starlette:
     """Build the HTTP API around ``service`` (kept on ``app.state.service``)."""
     routes: list[BaseRoute] = [
+        # The mounts first: the router tries routes in order, and the API is what is
+        # busy. No other route's path starts with /api/ or /v1/, so the order
+        # changes which route answers no request.
+        Mount("/api", routes=relay_routes()),
+        # The Maylng routes come first in the same mount, so a wrong method is a 405 there.
+        Mount("/v1", routes=[*maylng_routes(), *relay_routes()]),
         Route("/health", health, methods=["GET"]),
         Route("/openapi.json", openapi.openapi_document, methods=["GET"]),
         *metrics.routes(),
@@ -102,15 +107,11 @@ def create_app(service: RelayService) -> Starlette:
         *tracking.routes(),
         *unsubscribe.routes(),
         *mandrill.routes(),
-        Mount("/api", routes=relay_routes()),
-        # The Maylng routes come first in the same mount, so a wrong method is a 405 there.
-        Mount("/v1", routes=[*maylng_routes(), *relay_routes()]),
     ]
     app = Starlette(
         routes=routes,
         middleware=[
-            Middleware(RequestContextMiddleware),
-            Middleware(RateLimitHeadersMiddleware),
+            Middleware(RequestContextMiddleware),  # request ids and X-RateLimit-* headers
         ],
         exception_handlers={**EXCEPTION_HANDLERS, MaylngError: on_maylng_error},
     )

@@ -33,6 +33,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from daemon.api.errors import ApiError
+from daemon.api.middleware import header
 from daemon.api.ratelimit import apply_rate_limits
 from daemon.core.accounts import KEY_PREFIX as MAYLNG_KEY_PREFIX
 from daemon.service import RelayService
@@ -77,7 +78,7 @@ class Principal:
 
 def presented_token(request: Request) -> str | None:
     """The credential the request carries, from Authorization: Bearer or X-API-Key."""
-    authorization = request.headers.get("authorization")
+    authorization = header(request, b"authorization")
     if authorization:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -85,14 +86,14 @@ def presented_token(request: Request) -> str | None:
                 "INVALID_TOKEN", "Authorization must be 'Bearer <token>'", headers=_CHALLENGE
             )
         return token.strip()
-    api_key = request.headers.get("x-api-key")
+    api_key = header(request, b"x-api-key")
     if api_key is not None:
         return api_key.strip()
     return None
 
 
 def _workspace_header(request: Request) -> str | None:
-    value = request.headers.get("x-workspace-id")
+    value = header(request, b"x-workspace-id")
     if value is None:
         return None
     value = value.strip()

@@ -13,6 +13,7 @@ and the ``Retry-After`` header says when to try again.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +22,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
+from daemon.api.responses import Json
 from daemon.core.accounts import is_maylng_path
 from daemon.service import MaintenanceMode, NotAccepting
 from daemon.store.engine import StoreError
@@ -97,13 +99,24 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+# The last few seconds formatted: a busy API stamps the same second many times.
+_ISO_SECONDS: dict[int, str] = {}
+
+
 def iso_utc(value: datetime | None) -> str | None:
     """ISO 8601 in UTC with a ``Z``, to the second, as the reference writes timestamps."""
     if value is None:
         return None
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    second = math.floor(value.timestamp())  # the text depends on the instant only
+    text = _ISO_SECONDS.get(second)
+    if text is None:
+        text = value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        if len(_ISO_SECONDS) >= 64:
+            _ISO_SECONDS.clear()
+        _ISO_SECONDS[second] = text
+    return text
 
 
 def request_id_of(request: Request) -> str:
@@ -125,7 +138,7 @@ def envelope(request: Request, error: ApiError) -> JSONResponse:
         field = error.details.get("field")
         named = not isinstance(field, str) or field in error.message
         message = error.message if named else f"{field}: {error.message}"
-        return JSONResponse({"error": message}, error.status, headers=error.headers)
+        return Json({"error": message}, error.status, headers=error.headers)
     body = {
         "success": False,
         "error": {
@@ -136,7 +149,7 @@ def envelope(request: Request, error: ApiError) -> JSONResponse:
             "timestamp": iso_utc(_now(request)),
         },
     }
-    return JSONResponse(body, status_code=error.status, headers=error.headers)
+    return Json(body, status_code=error.status, headers=error.headers)
 
 
 async def on_api_error(request: Request, exc: Exception) -> Response:

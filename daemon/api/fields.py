@@ -30,14 +30,20 @@ def missing(field_name: str, message: str | None = None) -> ApiError:
     )
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+# json.loads(body, parse_constant=...) builds a decoder per call: build it once.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+
+
 def parse_json(body: bytes) -> Any:
     """Decode a JSON body; NaN/Infinity, bad UTF-8 and absurd nesting are INVALID_REQUEST."""
-
-    def refuse_constant(name: str) -> Any:
-        raise ValueError(f"{name} is not valid JSON")
-
     try:
-        return json.loads(body, parse_constant=refuse_constant)
+        # What json.loads does with bytes before decoding.
+        text = body.decode(json.detect_encoding(body), "surrogatepass")
+        return _DECODER.decode(text)
     except (ValueError, RecursionError) as exc:
         message = str(exc) if isinstance(exc, ValueError) else "nested too deeply"
         raise ApiError("INVALID_REQUEST", f"Malformed JSON body: {message}") from None
@@ -45,13 +51,36 @@ def parse_json(body: bytes) -> Any:
 
 def reject_unknown_fields(body: dict[str, Any], allowed: Collection[str]) -> None:
     """400 INVALID_REQUEST naming every field of ``body`` outside ``allowed``."""
-    unknown = sorted(set(body) - set(allowed))
-    if unknown:
+    extra = body.keys() - (allowed if isinstance(allowed, (set, frozenset)) else set(allowed))
+    if extra:
+        unknown = sorted(extra)
         raise ApiError(
             "INVALID_REQUEST",
             f"unknown field(s): {', '.join(unknown)}",
             {"field": unknown[0], "unknown_fields": unknown},
         )
+
+
+def plain_strings(raw: bytes) -> bool:
+    """True when no string decoded from the JSON ``raw`` can hold NUL or a lone surrogate.
+
+    So :func:`check_text` of its document would pass. A decoded string gets a
+    NUL or a surrogate only from a ``\\u`` escape or from UTF-8 bytes of a
+    surrogate (lead byte 0xED), and json.loads reads ``raw`` as UTF-8 when it has
+    no NUL byte and no UTF-16 byte-order mark.
+    """
+    return (
+        b"\\u" not in raw
+        and b"\x00" not in raw
+        and b"\xed" not in raw
+        and not raw.startswith((b"\xff\xfe", b"\xfe\xff"))
+    )
+
+
+# A value serialises (json.dumps) to at most this many characters per byte of the
+# JSON text it was decoded from: a non-ASCII character becomes a \uXXXX escape (6
+# characters from 2 or more bytes; 12 from 4), "1e15" (4 bytes) "1000000000000000.0".
+MAX_DUMPS_GROWTH = 6
 
 
 def check_text(value: Any, path: str = "") -> None:
@@ -133,7 +162,12 @@ def mailboxes_field(body: dict[str, Any], key: str) -> list[Mailbox]:
     return [mailbox(v, f"{key}[{i}]") for i, v in enumerate(value)]
 
 
-def object_field(body: dict[str, Any], key: str, allowed: frozenset[str] | None) -> dict[str, Any]:
+def object_field(
+    body: dict[str, Any], key: str, allowed: frozenset[str] | None, raw_size: int | None = None
+) -> dict[str, Any]:
+    """The object ``body[key]`` ({} when absent). With ``allowed``, no other keys; without,
+    free-form but at most MAX_JSON_FIELD serialised bytes. ``raw_size``: the size of
+    the JSON text ``body`` was decoded from, when known (a small one needs no measure)."""
     value = body.get(key)
     if value is None:
         return {}
@@ -147,6 +181,8 @@ def object_field(body: dict[str, Any], key: str, allowed: frozenset[str] | None)
                 f"unknown field(s) in {key}: {', '.join(unknown)}",
                 {"field": key, "unknown_fields": unknown},
             )
-    elif len(json.dumps(value)) > MAX_JSON_FIELD:
+    elif (raw_size is None or raw_size * MAX_DUMPS_GROWTH > MAX_JSON_FIELD) and len(
+        json.dumps(value)
+    ) > MAX_JSON_FIELD:
         raise invalid(key, f"{key} must serialise to at most {MAX_JSON_FIELD} bytes")
     return value

@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from daemon.api.errors import ApiError
+from daemon.api.middleware import header
 from daemon.store import tenancy as store
 from daemon.tenancy import IDEMPOTENCY_TTL, IdempotencyClaim
 
@@ -29,7 +30,7 @@ _SANE_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 def key_of(request: Request) -> str | None:
     """The request's Idempotency-Key: 1-255 visible ASCII characters, or None."""
-    value = request.headers.get(HEADER)
+    value = header(request, b"idempotency-key")
     if value is None:
         return None
     value = value.strip()

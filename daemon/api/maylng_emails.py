@@ -283,7 +283,7 @@ async def send_email(request: Request, account: Account) -> Response:
     send = parse_send_request(document, now=now, max_size=max_size)
     queue_id = message_id(int(now.timestamp() * 1000))
     try:
-        raw = compose(send.draft, queue_id=queue_id, hostname=_hostname(request, service), date=now)
+        raw = compose(send.draft, queue_id=queue_id, hostname=_hostname(service), date=now)
     except ComposeError as exc:
         raise invalid(exc.field, str(exc)) from None
     if len(raw) > max_size:

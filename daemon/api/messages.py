@@ -11,16 +11,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.engine import Connection
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
 from starlette.routing import Route
 
 from daemon.api import idempotency
 from daemon.api.auth import WORKSPACE_ID, Principal, requires_auth, service_of
 from daemon.api.errors import ApiError, iso_utc
 from daemon.api.fields import invalid, parse_json
+from daemon.api.middleware import header
 from daemon.api.pagination import Page
-from daemon.api.responses import by_method, ok
+from daemon.api.responses import Json, by_method, ok
 from daemon.api.send_request import MAX_SUBJECT, SendRequest, parse_send_request
 from daemon.api.views import message_detail, message_summary
 from daemon.core.compose import (
@@ -50,33 +51,52 @@ log = logging.getLogger("relayd.api")
 _OFFLOAD_BYTES = 256 * 1024
 
 
-def _hostname(request: Request, service: RelayService) -> str:
+_fqdn: str | None = None
+
+
+def _hostname(service: RelayService) -> str:
     """The relay's name for Message-IDs: smtp.hostname, else the machine's FQDN (cached)."""
+    global _fqdn
     if service.config.smtp.hostname:
         return service.config.smtp.hostname
-    cached: str | None = getattr(request.app.state, "fqdn", None)
-    if cached is None:
-        cached = socket.getfqdn()
-        request.app.state.fqdn = cached
-    return cached
+    if _fqdn is None:
+        _fqdn = socket.getfqdn()
+    return _fqdn
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(
+        "MESSAGE_TOO_LARGE", f"the request body exceeds {limit} bytes", {"max_body": limit}
+    )
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
-    too_large = ApiError(
-        "MESSAGE_TOO_LARGE", f"the request body exceeds {limit} bytes", {"max_body": limit}
-    )
-    declared = request.headers.get("content-length", "")
+    """The request body, refused with 413 as soon as it passes ``limit`` bytes.
+
+    Reads the ASGI messages itself (as ``request.stream()`` does, without its
+    generator): the body cannot be read again through ``request``.
+    """
+    declared = header(request, b"content-length") or ""
     if declared.isdigit() and int(declared) > limit:
-        raise too_large
+        raise _too_large(limit)
+    receive = request.receive
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
+    while True:
+        message = await receive()
+        kind = message["type"]
+        if kind == "http.request":
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        elif kind == "http.disconnect":
+            raise ClientDisconnect()
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _new_message(
@@ -136,7 +156,7 @@ async def send_message(request: Request, principal: Principal) -> Response:
         document = await asyncio.to_thread(parse_json, body)
     else:
         document = parse_json(body)
-    send = parse_send_request(document, now=now, max_size=max_size)
+    send = parse_send_request(document, now=now, max_size=max_size, raw=body)
     workspace_id = principal.workspace_for(send.workspace_id)
     if principal.user_id is not None:  # a per-user key or JWT sends as its user
         send.user_id = principal.user_id
@@ -151,7 +171,7 @@ async def send_message(request: Request, principal: Principal) -> Response:
     if max_depth and await service.reader.run(queue.pending_depth) >= max_depth:
         raise ApiError("QUEUE_FULL", f"the queue holds {max_depth} pending messages; try later")
     queue_id = message_id(int(now.timestamp() * 1000))
-    hostname = _hostname(request, service)
+    hostname = _hostname(service)
     try:
         if len(body) > _OFFLOAD_BYTES:
             composed = await asyncio.to_thread(
@@ -187,7 +207,7 @@ async def send_message(request: Request, principal: Principal) -> Response:
         raise quota_error(exc, workspace_id, now) from None
     if not service.providers_state.can_deliver(workspace_id):
         # Queued all the same: it goes out when a provider is back (issue 5).
-        return JSONResponse(
+        return Json(
             {"success": True, "data": data, "warnings": ["ALL_PROVIDERS_DOWN"]}, status_code=202
         )
     return ok(data, status_code=202)

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from daemon.api.errors import ApiError, iso_utc
 from daemon.core import plans
@@ -61,32 +60,15 @@ async def apply_rate_limits(request: Request, principal: Principal) -> None:
         )
 
 
-class RateLimitHeadersMiddleware:
-    """Puts the X-RateLimit-* headers on every HTTP response."""
+def response_rate_headers(scope: Scope) -> dict[str, str]:
+    """The X-RateLimit-* headers for the response to ``scope`` (read only: may be shared).
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                if "x-ratelimit-limit" not in headers:
-                    for name, value in _headers_for(scope).items():
-                        headers[name] = value
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-
-def _headers_for(scope: Scope) -> dict[str, str]:
-    known = scope.get("state", {}).get(STATE_KEY)
+    Those apply_rate_limits kept, else (no credentials checked) the default
+    plan's hourly window, untouched, for workspace ``anonymous``.
+    """
+    known: dict[str, str] | None = scope.get("state", {}).get(STATE_KEY)
     if known is not None:
-        return dict(known)
+        return known
     service: RelayService = scope["app"].state.service
     now = service.clock()
     tier = plans.tier_for(service.config.rate_limits.default_plan, None)

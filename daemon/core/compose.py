@@ -7,11 +7,12 @@ hash of the content, so the same draft always yields the same bytes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from email import policy
 from email.headerregistry import Address
 from email.message import EmailMessage, MIMEPart
@@ -78,8 +79,29 @@ class Mailbox:
     display_name: str = ""
 
     def header(self) -> str:
-        local, _, domain = self.address.rpartition("@")
-        return str(Address(display_name=self.display_name, username=local, domain=domain))
+        return _mailbox_header(self.address, self.display_name)
+
+
+@functools.lru_cache(maxsize=4096)
+def _mailbox_header(address: str, display_name: str) -> str:
+    """How email.headerregistry.Address shows a mailbox (pure, so cached: senders repeat)."""
+    local, _, domain = address.rpartition("@")
+    return str(Address(display_name=display_name, username=local, domain=domain))
+
+
+_DATES: dict[tuple[datetime, timedelta | None], str] = {}
+
+
+def rfc5322_date(date: datetime) -> str:
+    """``email.utils.format_datetime(date)``, kept for the second it names."""
+    key = (date.replace(microsecond=0, tzinfo=None), date.utcoffset())
+    text = _DATES.get(key)
+    if text is None:
+        text = format_datetime(date)
+        if len(_DATES) >= 64:
+            _DATES.clear()
+        _DATES[key] = text
+    return text
 
 
 @dataclass(frozen=True)
@@ -200,7 +222,7 @@ def compose_message(draft: Draft, *, queue_id: str, hostname: str, date: datetim
     _check(draft)
     message_id = f"<{queue_id}@{hostname}>"
     try:
-        return write_direct(draft, message_id, format_datetime(date))
+        return write_direct(draft, message_id, rfc5322_date(date))
     except Unsupported:
         pass
     raw = write_stdlib(draft, message_id, date)
