@@ -97,6 +97,7 @@ class RelayMetrics:
             "relay_realtime_clients", "Open /api/stats/realtime streams", registry=r
         )
         self._in_flight: Callable[[], int] = lambda: 0
+        self._accepted: dict[tuple[str, str], Counter] = {}  # labelled children of accepted
         self.in_flight.set_function(lambda: self._in_flight())
         # (monotonic time, processing ms, final status) per finished delivery
         self._deliveries: deque[tuple[float, float, str]] = deque(maxlen=_MAX_SAMPLES)
@@ -106,7 +107,12 @@ class RelayMetrics:
     # -- instrumentation points ---------------------------------------------------
 
     def message_accepted(self, source: str, workspace_id: str) -> None:
-        self.accepted.labels(source, workspace_id).inc()
+        child = self._accepted.get((source, workspace_id))
+        if child is None:  # labels() validates and locks: once per label pair
+            child = self._accepted[source, workspace_id] = self.accepted.labels(
+                source, workspace_id
+            )
+        child.inc()
 
     def smtp_transaction(self, seconds: float) -> None:
         self.smtp_latency.observe(seconds)

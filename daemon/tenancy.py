@@ -82,6 +82,8 @@ class Tenancy:
         self._reports: dict[str, tuple[float, tuple[int, ...]]] = {}
         self._report_headers: dict[tuple[str, str, str], tuple[int, float, dict[str, str]]] = {}
         self._roomy: dict[str, float] = {}  # quota windows last seen with room (quota_left)
+        # Today's quota windows by everything they are made of (they are immutable).
+        self._quota_buckets: dict[tuple[Any, ...], tuple[tuple[str, Bucket], ...]] = {}
 
     # Keys ------------------------------------------------------------------
 
@@ -274,6 +276,30 @@ class Tenancy:
         self, workspace: WorkspaceInfo, user_id: str | None, now: datetime
     ) -> list[tuple[str, Bucket]]:
         """The global, workspace and (with a user) user quota windows of today."""
+        limits = self._service.config.rate_limits
+        stamp = int(now.timestamp())
+        key = (
+            stamp - stamp % plans.DAY,  # plans.window_start(now, DAY)
+            workspace.id,
+            workspace.daily_quota,
+            workspace.user_daily_quota,
+            user_id,
+            limits.global_daily,
+            limits.workspace_default,
+            limits.user_default,
+        )
+        known = self._quota_buckets.get(key)
+        if known is not None:
+            return list(known)
+        buckets = self._make_quota_buckets(workspace, user_id, now)
+        if len(self._quota_buckets) > 10000:
+            self._quota_buckets.clear()
+        self._quota_buckets[key] = tuple(buckets)
+        return buckets
+
+    def _make_quota_buckets(
+        self, workspace: WorkspaceInfo, user_id: str | None, now: datetime
+    ) -> list[tuple[str, Bucket]]:
         limits = self._service.config.rate_limits
         start = plans.window_start(now, plans.DAY)
         expires = start + timedelta(days=2)

@@ -129,12 +129,16 @@ def mailbox(value: str, field_name: str) -> Mailbox:
     """One address, optionally ``Name <addr>``; syntax checks only, no DNS."""
     result = _validated(value) if len(value) <= 1024 else _validated.__wrapped__(value)
     if isinstance(result, str):
-        raise ApiError(
-            "INVALID_EMAIL_FORMAT",
-            f"{field_name}: {result}",
-            {"field": field_name, "value": value[:320]},
-        )
+        raise _bad_address(value, field_name, result)
     return result
+
+
+def _bad_address(value: str, field_name: str, reason: str) -> ApiError:
+    return ApiError(
+        "INVALID_EMAIL_FORMAT",
+        f"{field_name}: {reason}",
+        {"field": field_name, "value": value[:320]},
+    )
 
 
 def string_field(
@@ -159,7 +163,13 @@ def mailboxes_field(body: dict[str, Any], key: str) -> list[Mailbox]:
         value = [value]  # a single address is accepted as a one-item list
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise invalid(key, f"{key} must be a list of email addresses")
-    return [mailbox(v, f"{key}[{i}]") for i, v in enumerate(value)]
+    boxes: list[Mailbox] = []
+    for index, address in enumerate(value):
+        result = _validated(address) if len(address) <= 1024 else _validated.__wrapped__(address)
+        if isinstance(result, str):  # the field is named only when it is at fault
+            raise _bad_address(address, f"{key}[{index}]", result)
+        boxes.append(result)
+    return boxes
 
 
 def object_field(

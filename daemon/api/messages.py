@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 import logging
 import socket
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,7 +31,7 @@ from daemon.core.compose import (
     read_message,
     top_headers,
 )
-from daemon.core.ids import is_message_id, message_id
+from daemon.core.ids import is_message_id, message_id, random_bytes
 from daemon.core.message import (
     CANCELLABLE_STATUSES,
     RETRYABLE_STATUSES,
@@ -99,6 +98,15 @@ async def read_body(request: Request, limit: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+def uuid4_text() -> str:
+    """``str(uuid.uuid4())``, from a pooled draw of the same random source."""
+    data = bytearray(random_bytes(16))
+    data[6] = (data[6] & 0x0F) | 0x40  # version 4
+    data[8] = (data[8] & 0x3F) | 0x80  # RFC 4122 variant
+    text = data.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
 def _new_message(
     send: SendRequest,
     raw: bytes,
@@ -111,7 +119,7 @@ def _new_message(
     scheduled = send.send_at is not None and send.send_at > now
     return NewMessage(
         id=queue_id,
-        uuid=str(uuid.uuid4()),
+        uuid=uuid4_text(),
         mail_from=send.mail_from,
         recipients=[Recipient(address) for address in send.recipients],
         raw=raw,

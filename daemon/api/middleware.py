@@ -12,13 +12,13 @@ then ``X-Request-ID``. The 500 it answers itself carries only ``X-Request-ID``.
 from __future__ import annotations
 
 import re
-import secrets
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from daemon.api.errors import internal_error
 from daemon.api.ratelimit import response_rate_headers
+from daemon.core.ids import random_bytes
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # Echo a caller's id only when it is short and harmless in logs and headers.
@@ -30,7 +30,7 @@ _NAMES: dict[str, bytes] = {}  # header name -> its raw (lower-case) form
 
 
 def new_request_id() -> str:
-    return "req-" + secrets.token_hex(8)
+    return "req-" + random_bytes(8).hex()  # secrets.token_hex(8), from a pooled draw
 
 
 def pick_request_id(incoming: str | None) -> str:
@@ -65,6 +65,22 @@ def _raw_name(name: str) -> bytes:
     raw = _NAMES.get(name)
     if raw is None:
         raw = _NAMES[name] = name.lower().encode("latin-1")
+    return raw
+
+
+# The last headers dict encoded, and its raw form: an admin caller's rate headers
+# are one shared dict for a second (daemon.tenancy.Tenancy.report_requests).
+_last_encoded: tuple[dict[str, str] | None, list[tuple[bytes, bytes]]] = (None, [])
+
+
+def _encoded(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    """``headers`` as raw (lower-case name, value) pairs, as MutableHeaders would set them."""
+    global _last_encoded
+    known, raw = _last_encoded
+    if known is headers:
+        return raw
+    raw = [(_raw_name(name), value.encode("latin-1")) for name, value in headers.items()]
+    _last_encoded = (headers, raw)
     return raw
 
 
@@ -111,12 +127,11 @@ class RequestContextMiddleware:
                 headers = message["headers"] = list(message["headers"])
                 names = {key for key, _ in headers}
                 if _RATE_LIMIT not in names:
-                    for name, value in response_rate_headers(scope).items():
-                        raw = _raw_name(name)
+                    for raw, value in _encoded(response_rate_headers(scope)):
                         if raw in names:
-                            _set(headers, raw, value.encode("latin-1"))
+                            _set(headers, raw, value)
                         else:
-                            headers.append((raw, value.encode("latin-1")))
+                            headers.append((raw, value))
                 if _REQUEST_ID in names:
                     _set(headers, _REQUEST_ID, raw_id)
                 else:

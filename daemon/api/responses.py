@@ -6,6 +6,7 @@ import json
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -18,8 +19,30 @@ _ENCODE = json.JSONEncoder(
 ).encode
 
 
+_JSON_TYPE = JSONResponse.media_type.encode("latin-1")
+
+
 class Json(JSONResponse):
-    """JSONResponse with the same bytes, rendered by one shared encoder."""
+    """JSONResponse with the same bytes and headers, rendered by one shared encoder."""
+
+    def __init__(
+        self,
+        content: Any,
+        status_code: int = 200,
+        headers: Mapping[str, str] | None = None,
+        media_type: str | None = None,
+        background: BackgroundTask | None = None,
+    ) -> None:
+        if headers or media_type is not None or background is not None or status_code < 200:
+            super().__init__(content, status_code, headers, media_type, background)
+            return
+        # What Response.__init__ and init_headers make of the common case, directly.
+        self.status_code = status_code
+        self.background = None
+        self.body = body = _ENCODE(content).encode("utf-8")
+        self.raw_headers = [(b"content-type", _JSON_TYPE)]
+        if status_code not in (204, 304):
+            self.raw_headers.insert(0, (b"content-length", str(len(body)).encode("latin-1")))
 
     def render(self, content: Any) -> bytes:
         return _ENCODE(content).encode("utf-8")

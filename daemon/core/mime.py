@@ -17,6 +17,7 @@ bodies chosen as the stdlib chooses them, so the message needs no 8BITMIME.
 from __future__ import annotations
 
 import binascii
+import functools
 import hashlib
 import re
 from collections.abc import Sequence
@@ -157,7 +158,7 @@ def text_body(text: str) -> tuple[str, bytes]:
     """
     lines = text.encode("utf-8").splitlines()
     body = b"\r\n".join(lines) + b"\r\n"
-    if body.isascii() and max((len(line) for line in lines), default=0) <= MAX_LINE:
+    if body.isascii() and max(map(len, lines), default=0) <= MAX_LINE:
         return "7bit", body
     sniff = b"\r\n".join(lines[:10]) + b"\r\n"
     if len(binascii.b2a_qp(sniff, istext=True)) > len(binascii.b2a_base64(sniff)):
@@ -214,10 +215,36 @@ _PLAIN_MSG_ID = re.compile(r"^<[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9!#$%&'
 
 def _leaf(text: str, subtype: str) -> tuple[list[str], bytes]:
     cte, body = text_body(text)
-    return [
+    return _TEXT_HEADERS[subtype, cte], body  # shared: never changed
+
+
+@functools.lru_cache(maxsize=4096)
+def _address_header(name: str, pairs: tuple[tuple[str, str], ...]) -> tuple[str, str]:
+    """(folded header line, decoded value) of an address header (pure, so cached: senders
+    and recipients repeat). Unsupported is not cached."""
+    return address_list(name, pairs), ", ".join(display(a, d) for a, d in pairs)
+
+
+@functools.lru_cache(maxsize=1024)
+def _short_unstructured(name: str, text: str) -> str:
+    return unstructured(name, text)
+
+
+def _unstructured(name: str, text: str) -> str:
+    """:func:`unstructured`, cached for short values (subjects and custom headers repeat)."""
+    if len(text) <= 256:
+        return _short_unstructured(name, text)
+    return unstructured(name, text)
+
+
+_TEXT_HEADERS = {
+    (subtype, cte): [
         f'Content-Type: text/{subtype}; charset="utf-8"',
         f"Content-Transfer-Encoding: {cte}",
-    ], body
+    ]
+    for subtype in ("plain", "html")
+    for cte in ("7bit", "quoted-printable", "base64")
+}
 
 
 def write_draft(draft: Draft, message_id: str, date: str) -> tuple[bytes, dict[str, str]]:
@@ -227,17 +254,17 @@ def write_draft(draft: Draft, message_id: str, date: str) -> tuple[bytes, dict[s
     """
     lines: list[str] = []
     headers: dict[str, str] = {}
-    for name, boxes in (("From", [draft.sender]), ("To", draft.to), ("Cc", draft.cc)):
+    for name, boxes in (("From", (draft.sender,)), ("To", draft.to), ("Cc", draft.cc)):
         if boxes:
-            pairs = [(m.address, m.display_name) for m in boxes]
-            lines.append(address_list(name, pairs))
-            headers[name] = ", ".join(display(a, d) for a, d in pairs)
-    lines.append(unstructured("Subject", draft.subject))
+            line, shown = _address_header(name, tuple((m.address, m.display_name) for m in boxes))
+            lines.append(line)
+            headers[name] = shown
+    lines.append(_unstructured("Subject", draft.subject))
     headers["Subject"] = draft.subject
     lines.append("Date: " + date)
     headers["Date"] = date
-    custom = [(name, value) for name, value in draft.headers]
-    if "message-id" not in {name.lower() for name, _ in custom}:
+    custom = list(draft.headers)
+    if not custom or "message-id" not in {name.lower() for name, _ in custom}:
         custom.insert(0, ("Message-ID", message_id))
     for name, value in custom:
         lower = name.lower()
@@ -248,7 +275,7 @@ def write_draft(draft: Draft, message_id: str, date: str) -> tuple[bytes, dict[s
                 raise Unsupported(name)
             lines.append(f"{name}: {value}")
         else:
-            lines.append(unstructured(name, value))
+            lines.append(_unstructured(name, value))
         headers[name] = value
     lines.append("MIME-Version: 1.0")
     headers["MIME-Version"] = "1.0"
@@ -259,32 +286,18 @@ def write_draft(draft: Draft, message_id: str, date: str) -> tuple[bytes, dict[s
         leaves.append(_leaf(draft.text_body or "", "plain"))
     if draft.html_body is not None:
         leaves.append(_leaf(draft.html_body, "html"))
-    for attachment in draft.attachments:
-        part_lines = [
-            f"Content-Type: {attachment.content_type.lower()}",  # checked: type/subtype
-            "Content-Transfer-Encoding: base64",
-            attachment_disposition(attachment.filename),
-        ]
-        leaves.append((part_lines, base64_body(attachment.data)))
-    digest = hashlib.sha256()
-    for _, body in leaves:
-        digest.update(body)
-    seed = digest.hexdigest()[:40]
-
-    def block(part: tuple[list[str], bytes]) -> bytes:
-        return "\r\n".join(part[0]).encode("ascii") + b"\r\n\r\n" + part[1]
-
-    texts = len(leaves) - len(draft.attachments)
-    if texts == 2:
-        boundary = f"=_{seed}_{1 if draft.attachments else 0}"
-        line, body = multipart("alternative", boundary, [block(p) for p in leaves[:2]])
-        content: tuple[list[str], bytes] = ([line], body)
-    else:
+    texts = len(leaves)
+    if texts == 1 and not draft.attachments:  # one text part: no boundary to derive
         content = leaves[0]
-    if draft.attachments:
-        parts = [block(content), *(block(p) for p in leaves[texts:])]
-        line, body = multipart("mixed", f"=_{seed}_0", parts)
-        content = ([line], body)
+    else:
+        for attachment in draft.attachments:
+            part_lines = [
+                f"Content-Type: {attachment.content_type.lower()}",  # checked: type/subtype
+                "Content-Transfer-Encoding: base64",
+                attachment_disposition(attachment.filename),
+            ]
+            leaves.append((part_lines, base64_body(attachment.data)))
+        content = _multiparts(leaves, texts, bool(draft.attachments))
     for line in content[0]:
         name, _, value = line.partition(": ")
         headers[name] = value.replace("\r\n", "")
@@ -293,3 +306,28 @@ def write_draft(draft: Draft, message_id: str, date: str) -> tuple[bytes, dict[s
     except UnicodeEncodeError:
         raise Unsupported("non-ASCII header text") from None
     return head + b"\r\n\r\n" + content[1], headers
+
+
+def _multiparts(
+    leaves: list[tuple[list[str], bytes]], texts: int, attachments: bool
+) -> tuple[list[str], bytes]:
+    """The alternative (two texts) and mixed (attachments) structure around ``leaves``."""
+    digest = hashlib.sha256()
+    for _, body in leaves:
+        digest.update(body)
+    seed = digest.hexdigest()[:40]
+
+    def block(part: tuple[list[str], bytes]) -> bytes:
+        return "\r\n".join(part[0]).encode("ascii") + b"\r\n\r\n" + part[1]
+
+    if texts == 2:
+        boundary = f"=_{seed}_{1 if attachments else 0}"
+        line, body = multipart("alternative", boundary, [block(p) for p in leaves[:2]])
+        content: tuple[list[str], bytes] = ([line], body)
+    else:
+        content = leaves[0]
+    if attachments:
+        parts = [block(content), *(block(p) for p in leaves[texts:])]
+        line, body = multipart("mixed", f"=_{seed}_0", parts)
+        content = ([line], body)
+    return content
