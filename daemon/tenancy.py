@@ -80,7 +80,7 @@ class Tenancy:
         self._workspaces: dict[str, tuple[float, WorkspaceInfo]] = {}
         self._burst: dict[str, tuple[int, int]] = {}
         self._reports: dict[str, tuple[float, tuple[int, ...]]] = {}
-        self._report_headers: dict[tuple[str, str, str], tuple[int, float, dict[str, str]]] = {}
+        self._report_headers: dict[tuple[str, str, str], tuple[int, float, RateDecision]] = {}
         self._roomy: dict[str, float] = {}  # quota windows last seen with room (quota_left)
         # Today's quota windows by everything they are made of (they are immutable).
         self._quota_buckets: dict[tuple[Any, ...], tuple[tuple[str, Bucket], ...]] = {}
@@ -248,7 +248,7 @@ class Tenancy:
         clock = self._monotonic()
         known = self._report_headers.get((workspace_id, method, path))
         if known is not None and known[0] == second and clock - known[1] < REPORT_CACHE_SECONDS:
-            return RateDecision(known[2])
+            return known[2]
         workspace = await self.workspace(workspace_id)
         buckets = self._request_buckets(workspace, method, path, now)
         cache_key = "|".join(b.key + b.window_start.isoformat() for _, _, b in buckets)
@@ -264,11 +264,11 @@ class Tenancy:
                 self._reports.clear()
             self._reports[cache_key] = (clock, counts)
         window = plans.most_constraining(self._uses(buckets, counts, now))
-        headers = plans.rate_headers(window, workspace_id, now)
+        decision = RateDecision(plans.rate_headers(window, workspace_id, now))
         if len(self._report_headers) > 10000:
             self._report_headers.clear()
-        self._report_headers[(workspace_id, method, path)] = (second, clock, headers)
-        return RateDecision(headers)
+        self._report_headers[(workspace_id, method, path)] = (second, clock, decision)
+        return decision
 
     # Daily sending quotas --------------------------------------------------
 

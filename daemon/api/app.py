@@ -71,8 +71,11 @@ async def health(request: Request) -> Response:
 
 def relay_routes() -> list[BaseRoute]:
     """Every relay resource family, relative to /api (and /v1)."""
+    return [*messages.routes(), *_other_relay_routes()]
+
+
+def _other_relay_routes() -> list[BaseRoute]:
     return [
-        *messages.routes(),
         *admin_config.routes(),
         *maintenance.routes(),
         *queue_admin.routes(),
@@ -98,8 +101,10 @@ def create_app(service: RelayService) -> Starlette:
         # busy. No other route's path starts with /api/ or /v1/, so the order
         # changes which route answers no request.
         Mount("/api", routes=relay_routes()),
-        # The Maylng routes come first in the same mount, so a wrong method is a 405 there.
-        Mount("/v1", routes=[*maylng_routes(), *relay_routes()]),
+        # The Maylng routes come before the other relay routes in the same mount, so a
+        # wrong method is a 405 there. The busy send route comes first: no Maylng
+        # route matches a /messages path, so it changes which route answers no request.
+        Mount("/v1", routes=[*messages.routes(), *maylng_routes(), *_other_relay_routes()]),
         Route("/health", health, methods=["GET"]),
         Route("/openapi.json", openapi.openapi_document, methods=["GET"]),
         *metrics.routes(),

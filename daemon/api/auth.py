@@ -178,7 +178,8 @@ async def authenticate(request: Request, service: RelayService) -> Principal:
         )
     encoded = token.encode("utf-8", "surrogateescape")
     if hmac.compare_digest(encoded, service.admin_token.encode("utf-8")):
-        return Principal(is_admin=True, workspace_id=_workspace_header(request))
+        named = _workspace_header(request)
+        return _ADMIN if named is None else Principal(is_admin=True, workspace_id=named)
     if token.startswith((KEY_PREFIX, MAYLNG_KEY_PREFIX)):
         key = await service.tenancy.identify_key(token)
         if key is None:
@@ -191,6 +192,7 @@ async def authenticate(request: Request, service: RelayService) -> Principal:
 
 
 Handler = Callable[[Request, Principal], Awaitable[Response]]
+_ADMIN = Principal(is_admin=True)  # the admin token without X-Workspace-ID (immutable)
 
 
 def service_of(request: Request) -> RelayService:
@@ -205,7 +207,7 @@ def requires_auth(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     @functools.wraps(handler)
     async def endpoint(request: Request) -> Response:
         principal = await authenticate(request, service_of(request))
-        request.state.principal = principal
+        request.scope.setdefault("state", {})["principal"] = principal  # request.state.principal
         await apply_rate_limits(request, principal)
         return await handler(request, principal)
 

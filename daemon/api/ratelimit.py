@@ -30,18 +30,19 @@ ANONYMOUS = "anonymous"
 
 async def apply_rate_limits(request: Request, principal: Principal) -> None:
     """Count the request (workspace credentials) and keep the headers for the response."""
-    service: RelayService = request.app.state.service
+    scope = request.scope
+    service: RelayService = scope["app"].state.service
     tenancy = service.tenancy
     if principal.is_admin:
         decision = await tenancy.report_requests(
-            principal.acting_workspace, request.method, request.scope["path"]
+            principal.acting_workspace, scope["method"], scope["path"]
         )
     else:
         assert principal.workspace_id is not None
         decision = await tenancy.count_request(
-            principal.workspace_id, principal.key, request.method, request.scope["path"]
+            principal.workspace_id, principal.key, scope["method"], scope["path"]
         )
-    request.state.rate_headers = decision.headers
+    scope.setdefault("state", {})[STATE_KEY] = decision.headers  # request.state.rate_headers
     window = decision.exceeded
     if window is not None:
         retry_after = decision.headers["X-RateLimit-Reset-After"]

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from email import policy
 from email.headerregistry import Address
 from email.message import EmailMessage, MIMEPart
@@ -92,8 +93,20 @@ def _mailbox_header(address: str, display_name: str) -> str:
 _DATES: dict[tuple[datetime, timedelta | None], str] = {}
 
 
+_UTC_DATES: dict[int, str] = {}
+
+
 def rfc5322_date(date: datetime) -> str:
     """``email.utils.format_datetime(date)``, kept for the second it names."""
+    if date.tzinfo is UTC:  # the service clock's: the text depends on the instant only
+        second = math.floor(date.timestamp())
+        text = _UTC_DATES.get(second)
+        if text is None:
+            text = format_datetime(date)
+            if len(_UTC_DATES) >= 64:
+                _UTC_DATES.clear()
+            _UTC_DATES[second] = text
+        return text
     key = (date.replace(microsecond=0, tzinfo=None), date.utcoffset())
     text = _DATES.get(key)
     if text is None:
