@@ -98,13 +98,14 @@ async def read_body(request: Request, limit: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+# The RFC 4122 variant digit: the top two bits of the random digit become 10.
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+
+
 def uuid4_text() -> str:
     """``str(uuid.uuid4())``, from a pooled draw of the same random source."""
-    data = bytearray(random_bytes(16))
-    data[6] = (data[6] & 0x0F) | 0x40  # version 4
-    data[8] = (data[8] & 0x3F) | 0x80  # RFC 4122 variant
-    text = data.hex()
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+    text = random_bytes(16).hex()
+    return f"{text[:8]}-{text[8:12]}-4{text[13:16]}-{_VARIANT[text[16]]}{text[17:20]}-{text[20:]}"
 
 
 def _new_message(

@@ -3,49 +3,54 @@
 from __future__ import annotations
 
 import os
-import threading
+from collections import deque
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32
-# Two digits (10 bits) at a time: 13 pairs make the 26 digits, most significant first.
+# Two digits (10 bits) at a time, most significant first: 5 pairs of time, 8 of randomness.
 _PAIRS = [high + low for high in _ALPHABET for low in _ALPHABET]
-_SHIFTS = tuple(range(120, -1, -10))
+_SHIFTS = (70, 60, 50, 40, 30, 20, 10, 0)
 _POOL_SIZE = 4096
-
-_lock = threading.Lock()
-_pool = b""
-_taken = 0
+_TOKEN = 16
+# Random tokens of 16 bytes, each handed out once: deque.popleft is atomic, so
+# threads need no lock. A forked child drops the tokens it inherited.
+_tokens: deque[bytes] = deque()
+os.register_at_fork(after_in_child=_tokens.clear)
 
 
 def random_bytes(count: int) -> bytes:
-    """``os.urandom(count)``, drawn from the OS a block at a time.
+    """``os.urandom(count)``, drawn from the OS a block at a time (up to 16 bytes).
 
     Each os.urandom call is a system call that lets go of the GIL; a busy API
-    makes three per request. The bytes are the same CSPRNG output, each handed
-    out once (a forked child starts a block of its own).
+    makes three per request. The bytes are the same CSPRNG output.
     """
-    global _pool, _taken
-    with _lock:
-        if _taken + count > len(_pool):
-            _pool = os.urandom(max(_POOL_SIZE, count))
-            _taken = 0
-        start = _taken
-        _taken += count
-        return _pool[start:_taken]
+    if count > _TOKEN:
+        return os.urandom(count)
+    while True:
+        try:
+            return _tokens.popleft()[:count]
+        except IndexError:
+            block = os.urandom(_POOL_SIZE)
+            _tokens.extend(block[i : i + _TOKEN] for i in range(0, _POOL_SIZE, _TOKEN))
 
 
-def _forget_pool() -> None:
-    global _lock, _pool, _taken
-    _lock = threading.Lock()
-    _pool, _taken = b"", 0
+_last_time: tuple[int, str] = (-1, "")
 
 
-os.register_at_fork(after_in_child=_forget_pool)
+def _time_digits(now_ms: int) -> str:
+    """The 10 digits of the 48-bit time (the same for every id of a millisecond)."""
+    global _last_time
+    last_ms, digits = _last_time
+    if last_ms != now_ms:
+        value = now_ms & ((1 << 48) - 1)
+        digits = "".join([_PAIRS[(value >> shift) & 1023] for shift in (40, 30, 20, 10, 0)])
+        _last_time = (now_ms, digits)
+    return digits
 
 
 def ulid(now_ms: int) -> str:
     """Return a 26-character ULID for the given Unix time in milliseconds."""
-    value = (now_ms & ((1 << 48) - 1)) << 80 | int.from_bytes(random_bytes(10), "big")
-    return "".join([_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS])
+    value = int.from_bytes(random_bytes(10), "big")  # 80 bits: 16 digits
+    return _time_digits(now_ms) + "".join([_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS])
 
 
 def message_id(now_ms: int) -> str:
