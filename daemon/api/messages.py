@@ -6,6 +6,9 @@ import asyncio
 import dataclasses
 import logging
 import socket
+import time
+import weakref
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -61,6 +64,42 @@ def _hostname(service: RelayService) -> str:
     if _fqdn is None:
         _fqdn = socket.getfqdn()
     return _fqdn
+
+
+# queue.max_depth: the pending count is a COUNT over the queue. A count is trusted
+# for DEPTH_CACHE_SECONDS, plus the sends queued here since, while that stays
+# below NEAR_FULL of the limit; nearer the limit every send counts again.
+DEPTH_CACHE_SECONDS = 1.0
+NEAR_FULL = 0.9
+
+
+@dataclass
+class _Depth:
+    counted_at: float
+    pending: int
+
+
+_depths: weakref.WeakKeyDictionary[RelayService, _Depth] = weakref.WeakKeyDictionary()
+
+
+async def _queue_full(service: RelayService, max_depth: int) -> bool:
+    """Whether the queue holds ``max_depth`` pending messages (see DEPTH_CACHE_SECONDS)."""
+    known = _depths.get(service)
+    if (
+        known is not None
+        and time.monotonic() - known.counted_at < DEPTH_CACHE_SECONDS
+        and known.pending < max_depth * NEAR_FULL
+    ):
+        return False
+    pending = await service.reader.run(queue.pending_depth)
+    _depths[service] = _Depth(time.monotonic(), pending)
+    return pending >= max_depth
+
+
+def _queued_one(service: RelayService) -> None:
+    known = _depths.get(service)
+    if known is not None:
+        known.pending += 1
 
 
 def _too_large(limit: int) -> ApiError:
@@ -177,7 +216,7 @@ async def send_message(request: Request, principal: Principal) -> Response:
             return idempotency.replay(earlier, digest)
     personalize_send(send, document)
     max_depth = service.config.queue.max_depth
-    if max_depth and await service.reader.run(queue.pending_depth) >= max_depth:
+    if max_depth and await _queue_full(service, max_depth):
         raise ApiError("QUEUE_FULL", f"the queue holds {max_depth} pending messages; try later")
     queue_id = message_id(int(now.timestamp() * 1000))
     hostname = _hostname(service)
@@ -214,6 +253,8 @@ async def send_message(request: Request, principal: Principal) -> Response:
         return idempotency.replay(exc.earlier, digest)
     except QuotaExceeded as exc:
         raise quota_error(exc, workspace_id, now) from None
+    if max_depth:
+        _queued_one(service)
     if not service.providers_state.can_deliver(workspace_id):
         # Queued all the same: it goes out when a provider is back (issue 5).
         return Json(

@@ -320,3 +320,19 @@ async def test_queue_full(engine: Any, db_url: str, make_config: Any) -> None:
             assert_envelope(await c.post("/api/messages", json=message()), 503, "QUEUE_FULL")
     finally:
         await service.close()
+
+
+async def test_queue_full_counts_exactly_near_the_limit(
+    engine: Any, db_url: str, make_config: Any
+) -> None:
+    # A recent count is trusted far from the limit; nearer, every send counts again.
+    service = RelayService(make_config(db_url, queue={"max_depth": 10}), engine)
+    await service.start()
+    try:
+        transport = httpx.ASGITransport(app=create_app(service))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t", headers=AUTH) as c:
+            for _ in range(10):
+                assert (await c.post("/api/messages", json=message())).status_code == 202
+            assert_envelope(await c.post("/api/messages", json=message()), 503, "QUEUE_FULL")
+    finally:
+        await service.close()
