@@ -8,7 +8,8 @@ Shared by the HTTP API and the SMTP handler. What is cached, and why it is safe:
 - the burst window (requests within one second) lives in memory, per daemon;
 - an admin caller's rate-limit headers for the rest of the clock second, and a
   quota look that found room (SMTP RCPT) for QUOTA_LOOK_SECONDS: admission
-  itself (daemon.store.admission) always counts exactly.
+  itself (daemon.store.admission) always counts exactly;
+- requests that miss an expired entry together share one lookup.
 
 Hourly, daily and per-minute endpoint request counters and the daily quotas are
 counted in the database with one conditional upsert per window
@@ -18,10 +19,12 @@ they hold exactly across daemons sharing a PostgreSQL database.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy.engine import Connection
 
@@ -56,6 +59,8 @@ __all__ = [
     "hash_key",
 ]
 
+T = TypeVar("T")
+
 KEY_CACHE_SECONDS = 1.0
 WORKSPACE_CACHE_SECONDS = 2.0
 REPORT_CACHE_SECONDS = 1.0
@@ -82,6 +87,7 @@ class Tenancy:
         self._reports: dict[str, tuple[float, tuple[int, ...]]] = {}
         self._report_headers: dict[tuple[str, str, str], tuple[int, float, RateDecision]] = {}
         self._roomy: dict[str, float] = {}  # quota windows last seen with room (quota_left)
+        self._loading: dict[tuple[str, str], asyncio.Future[Any]] = {}  # lookups in flight
         # Today's quota windows by everything they are made of (they are immutable).
         self._quota_buckets: dict[tuple[Any, ...], tuple[tuple[str, Bucket], ...]] = {}
 
@@ -120,7 +126,10 @@ class Tenancy:
         cached = self._workspaces.get(workspace_id)
         if cached is not None and now - cached[0] < WORKSPACE_CACHE_SECONDS:
             return cached[1]
-        row = await self._service.reader.run(lambda c: store.get_workspace(c, workspace_id))
+        row = await self._once(
+            ("workspace", workspace_id),
+            lambda: self._service.reader.run(lambda c: store.get_workspace(c, workspace_id)),
+        )
         info = _workspace_info(row) if row is not None else self._default(workspace_id)
         if len(self._workspaces) > 10000:
             self._workspaces.clear()
@@ -143,6 +152,26 @@ class Tenancy:
 
     def forget_workspace(self, workspace_id: str) -> None:
         self._workspaces.pop(workspace_id, None)
+        self._loading.pop(("workspace", workspace_id), None)  # later callers read afresh
+
+    async def _once(self, key: tuple[str, str], load: Callable[[], Awaitable[T]]) -> T:
+        """``await load()``, shared by the callers that ask for ``key`` while it runs.
+
+        When a cached lookup expires, every request in flight misses at once:
+        one query answers them all.
+        """
+        task = self._loading.get(key)
+        if task is None:
+            task = asyncio.ensure_future(load())
+            self._loading[key] = task
+            task.add_done_callback(functools.partial(self._loaded, key))
+        return await asyncio.shield(task)
+
+    def _loaded(self, key: tuple[str, str], task: asyncio.Future[Any]) -> None:
+        if self._loading.get(key) is task:
+            del self._loading[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: each caller raises it
 
     # Request limits --------------------------------------------------------
 
@@ -257,8 +286,11 @@ class Tenancy:
         if cached is not None and clock - cached[0] < REPORT_CACHE_SECONDS:
             counts = cached[1]
         else:
-            counts = await self._service.reader.run(
-                lambda c: store.peek(c, [b for _, _, b in buckets])
+            counts = await self._once(
+                ("report", cache_key),
+                lambda: self._service.reader.run(
+                    lambda c: store.peek(c, [b for _, _, b in buckets])
+                ),
             )
             if len(self._reports) > 10000:
                 self._reports.clear()

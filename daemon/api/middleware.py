@@ -123,8 +123,7 @@ class RequestContextMiddleware:
         async def send_with_headers(message: Message) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
-                started = True
-                headers = message["headers"] = list(message["headers"])
+                headers = list(message["headers"])
                 names = {key for key, _ in headers}
                 if _RATE_LIMIT not in names:
                     for raw, value in _encoded(response_rate_headers(scope)):
@@ -132,6 +131,8 @@ class RequestContextMiddleware:
                             _set(headers, raw, value)
                         else:
                             headers.append((raw, value))
+                started = True  # from here on as when the two were separate middlewares
+                message["headers"] = headers
                 if _REQUEST_ID in names:
                     _set(headers, _REQUEST_ID, raw_id)
                 else:

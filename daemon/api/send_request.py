@@ -275,7 +275,9 @@ def parse_send_request(
     sender_text = string_field(body, "from", 998)
     assert sender_text is not None
     sender = mailbox(sender_text, "from")
-    to, cc, bcc = (mailboxes_field(body, key) for key in ("to", "cc", "bcc"))
+    to = mailboxes_field(body, "to")
+    cc = mailboxes_field(body, "cc")
+    bcc = mailboxes_field(body, "bcc")
     if len(to) + len(cc) + len(bcc) > MAX_RECIPIENTS:
         raise invalid("to", f"at most {MAX_RECIPIENTS} recipients in to, cc and bcc together")
     subject = string_field(body, "subject", MAX_SUBJECT) or ""

@@ -206,9 +206,10 @@ def _check(draft: Draft) -> None:
     """Every refusal of a bad draft, in field order, before either writer runs."""
     if CONTROL_CHARS.search(draft.subject):
         raise ComposeError("subject", "subject contains CR, LF or control characters")
-    for name, boxes in (("From", [draft.sender]), ("To", draft.to), ("Cc", draft.cc)):
-        if any(CONTROL_CHARS.search(m.display_name) for m in boxes):
-            raise ComposeError(name.lower(), f"a display name in {name} has control characters")
+    for name, boxes in (("From", (draft.sender,)), ("To", draft.to), ("Cc", draft.cc)):
+        for box in boxes:
+            if box.display_name and CONTROL_CHARS.search(box.display_name):
+                raise ComposeError(name.lower(), f"a display name in {name} has control characters")
     seen: set[str] = set()
     for name, value in draft.headers:
         check_header(name, value)
