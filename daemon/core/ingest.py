@@ -12,11 +12,12 @@ LF also become CRLF.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from email.header import decode_header, make_header
 from email.utils import format_datetime, getaddresses
 from typing import Any
@@ -65,6 +66,12 @@ _WANTED = frozenset(_SUMMARY_BY_KEY) | _FIELD_HEADERS
 _NUMERIC_PRIORITY = {"1": 0, "2": 0, "3": 1, "4": 2, "5": 2}
 # One plain address and nothing else (no name, comment, quote, group or list).
 _BARE_ADDRESS = re.compile(r"^[ \t]*[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+[ \t]*$")
+# The same address in angle brackets and nothing else ("To: <a@b>"), as smtp-source and
+# many scripts write it: the stdlib parser gives exactly the address inside.
+_ANGLE_ADDRESS = re.compile(
+    r"^[ \t]*<([A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>[ \t]*$"
+)
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
 
@@ -146,6 +153,9 @@ def _addresses(value: str | None) -> list[str]:
         return []
     if _BARE_ADDRESS.match(value):  # the common "To: a@b" without the stdlib parser
         return [value.strip()]
+    angle = _ANGLE_ADDRESS.match(value)
+    if angle is not None:  # "To: <a@b>", likewise
+        return [angle.group(1)]
     return [addr for _, addr in getaddresses([value]) if addr]
 
 
@@ -207,17 +217,42 @@ def _personalization(fields: dict[str, str]) -> dict[str, Any] | None:
     }
 
 
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_PROTOCOLS = {
+    (tls, auth): "ESMTP" + ("S" if tls else "") + ("A" if auth else "")
+    for tls in (False, True)
+    for auth in (False, True)
+}
+
+
+def rfc5322_date(now: datetime) -> str:
+    """``email.utils.format_datetime(now)``, without its cost for the usual UTC clock."""
+    if now.utcoffset() != timedelta(0):
+        return format_datetime(now)
+    return (
+        f"{_DAYS[now.weekday()]}, {now.day:02d} {_MONTHS[now.month - 1]} {now.year:04d} "
+        f"{now.hour:02d}:{now.minute:02d}:{now.second:02d} +0000"
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _helo_text(helo: str) -> str:
+    # Cached: the same few client names arrive over and over.
+    return "".join(c for c in helo if c.isprintable() and c not in "()") or "unknown"
+
+
 def received_header(sub: Submission, message_id: str, hostname: str, now: datetime) -> bytes:
     """The RFC 5321 trace header we prepend (``with`` per RFC 3848: ESMTP, ESMTPS, ESMTPSA)."""
-    protocol = "ESMTP" + ("S" if sub.tls else "") + ("A" if sub.authenticated else "")
-    helo = "".join(c for c in sub.helo if c.isprintable() and c not in "()") or "unknown"
+    protocol = _PROTOCOLS[bool(sub.tls), bool(sub.authenticated)]
+    helo = _helo_text(sub.helo)
     # Name the recipient only when there is one, so a Bcc list is not disclosed.
     for_clause = f"\r\n\tfor <{sub.recipients[0].address}>" if len(sub.recipients) == 1 else ""
     literal = f"IPv6:{sub.peer_ip}" if ":" in sub.peer_ip else sub.peer_ip  # RFC 5321 4.1.3
     text = (
         f"Received: from {helo} ([{literal}])\r\n"
         f"\tby {hostname} (relayd) with {protocol} id {message_id}{for_clause};\r\n"
-        f"\t{format_datetime(now)}\r\n"
+        f"\t{rfc5322_date(now)}\r\n"
     )
     return text.encode("ascii", "replace")
 
