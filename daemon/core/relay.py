@@ -109,6 +109,14 @@ def split_path(text: str) -> tuple[str, str]:
         if not path or "<" in path or ">" in path:
             raise ValueError("malformed address")
         return path, rest.strip()
+    if '"' not in text:  # nothing quoted (the usual case): the first ">" closes the path
+        end = text.find(">")
+        if end < 0 or "<" in text[1:end]:
+            raise ValueError("malformed address")
+        rest = text[end + 1 :]
+        if rest and not rest.startswith(" "):
+            raise ValueError("malformed address")
+        return text[1:end], rest.strip()
     in_quote = escaped = False
     for index in range(1, len(text)):
         char = text[index]
@@ -200,21 +208,29 @@ def check_address(path: str, role: str = "recipient") -> str:
     ``553 5.7.1``; any other bad syntax with ``553 5.1.3`` (recipient) or
     ``553 5.1.7`` (sender).
     """
+    verdict = _address_verdict(path, role)
+    if isinstance(verdict, tuple):
+        raise AddressRejected(*verdict)
+    return verdict
+
+
+@functools.lru_cache(maxsize=4096)
+def _address_verdict(path: str, role: str) -> str | tuple[int, str, str]:
+    # Cached (the policy is pure): asked at every MAIL and RCPT, mostly for the same
+    # few senders and recipients. A refusal is cached as its (code, status, text).
     syntax_status = "5.1.7" if role == "sender" else "5.1.3"
     try:
         address = strip_source_route(path)
         local, domain = _split_mailbox(address)
     except ValueError as exc:
-        raise AddressRejected(553, syntax_status, f"Bad {role} address syntax: {exc}") from None
+        return (553, syntax_status, f"Bad {role} address syntax: {exc}")
     if not domain:
-        raise AddressRejected(553, syntax_status, f"Bad {role} address syntax: no domain")
+        return (553, syntax_status, f"Bad {role} address syntax: no domain")
     if _ROUTING_CHARS & set(_unquote(local)) or "@" in domain[1:]:
-        raise AddressRejected(
-            553, "5.7.1", f"<{address}>: Routing syntax (% ! @ in the address) is not allowed"
-        )
+        return (553, "5.7.1", f"<{address}>: Routing syntax (% ! @ in the address) is not allowed")
     error = _syntax_error(address)
     if error is not None:
-        raise AddressRejected(553, syntax_status, f"Bad {role} address syntax: {error}")
+        return (553, syntax_status, f"Bad {role} address syntax: {error}")
     return address
 
 

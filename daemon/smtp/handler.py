@@ -36,13 +36,12 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-import uuid
 from dataclasses import dataclass
 
 from aiosmtpd.smtp import AuthResult, LoginPassword, Session, TLSSetupException
 
 from daemon.config import Config
-from daemon.core.ids import message_id
+from daemon.core.ids import message_id, uuid4
 from daemon.core.ingest import IngestRejected, Submission, build_message
 from daemon.core.message import Recipient
 from daemon.core.relay import (
@@ -94,14 +93,28 @@ class RelayHandler:
         self.hostname = hostname
         self._networks_for: Config | None = None
         self._networks: tuple[IPNetwork, ...] = ()
+        self._decisions: dict[tuple[str, bool], RelayDecision] = {}
 
     def _trusted_networks(self) -> tuple[IPNetwork, ...]:
         # The config can change on SIGHUP; parse its networks once per Config object.
         config = self.service.config
         if config is not self._networks_for:
             self._networks = parse_networks(config.smtp.trusted_networks)
+            self._decisions = {}
             self._networks_for = config
         return self._networks
+
+    def _relay_decision(self, config: Config, ip: str, authenticated: bool) -> RelayDecision:
+        # Asked at every RCPT for the same few peers: remembered per Config object.
+        networks = self._trusted_networks()
+        key = (ip, authenticated)
+        decision = self._decisions.get(key)
+        if decision is None:
+            if len(self._decisions) >= 4096:
+                self._decisions.clear()
+            decision = relay_decision(ip, authenticated, networks, config.smtp.require_auth)
+            self._decisions[key] = decision
+        return decision
 
     async def verify_credentials(
         self, session: Session, mechanism: str, credentials: LoginPassword
@@ -176,9 +189,7 @@ class RelayHandler:
                 envelope.recipients.append(Recipient(local))
                 envelope.rcpt_tos.append(local)
             return "250 2.1.5 Ok"
-        decision = relay_decision(
-            ip, bool(session.authenticated), self._trusted_networks(), config.smtp.require_auth
-        )
+        decision = self._relay_decision(config, ip, bool(session.authenticated))
         if decision is RelayDecision.AUTH_REQUIRED:
             log.info("rcpt refused (auth required) peer=%s to=<%s>", ip, address)
             return "530 5.7.0 Authentication required"
@@ -232,7 +243,7 @@ class RelayHandler:
                 envelope.original_content or b"",
                 submission,
                 message_id=message_id(int(now.timestamp() * 1000)),
-                uuid=str(uuid.uuid4()),
+                uuid=uuid4(),
                 now=now,
                 hostname=self.hostname,
                 bare_newline=config.smtp.bare_newline,
