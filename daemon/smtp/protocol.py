@@ -19,20 +19,25 @@ import asyncio
 import base64
 import binascii
 import collections
+import logging
 import re
 import typing
 from typing import Any, AnyStr
 
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
 
 from daemon.core.message import Recipient
 from daemon.core.relay import split_path
 from daemon.smtp.params import (
+    MailParams,
     ParamError,
+    RcptParams,
     mail_params,
     parse_params,
     rcpt_params,
 )
+
+log = logging.getLogger("mail.log")  # where aiosmtpd logs what the session does
 
 MAX_RECIPIENTS = 1000
 _ENHANCED = re.compile(r"[245]\.\d{1,3}\.\d{1,3}(?: |\Z)")
@@ -63,6 +68,21 @@ _REWORDED = {
     "221 Bye": "221 2.0.0 Bye",
 }
 SHUTDOWN_REPLY = "421 4.3.2 Service shutting down, try again later"
+# DATA: a line of only "." ends it; a longer line than aiosmtpd takes, or more bytes than
+# the size limit, is answered once the whole message has been read (RFC 5321 4.2.5).
+_END_OF_DATA = b"\r\n.\r\n"
+_NOMINAL, _TOO_LONG, _TOO_MUCH = "nominal", "too long", "too much"
+_TOO_LONG_REPLY = "500 Line too long (see RFC5321 4.5.3.1.6)"  # aiosmtpd's words
+_TOO_MUCH_REPLY = "552 Error: Too much mail data"
+# The StreamReader internals the block reader below relies on (CPython 3.8 and later).
+_READER_INTERNALS = all(
+    hasattr(asyncio.StreamReader, name) for name in ("_wait_for_data", "_maybe_resume_transport")
+)
+# MAIL and RCPT without parameters (nearly all of them) share one parsed value.
+_NO_MAIL_PARAMS = MailParams()
+_NO_RCPT_PARAMS = RcptParams()
+# Replies already given their enhanced code: the same few hard-coded texts come back.
+_ENHANCED_CACHE: dict[str, str] = {}
 
 
 class RelaySession(Session):
@@ -84,6 +104,16 @@ class RelayEnvelope(Envelope):
 
 def with_enhanced_code(reply: str) -> str:
     """Add an RFC 3463 enhanced status code to a 2xx/4xx/5xx reply that lacks one."""
+    cached = _ENHANCED_CACHE.get(reply)
+    if cached is not None:
+        return cached
+    result = _with_enhanced_code(reply)
+    if len(_ENHANCED_CACHE) < 1024 and len(reply) <= 200 and "queued as" not in reply:
+        _ENHANCED_CACHE[reply] = result
+    return result
+
+
+def _with_enhanced_code(reply: str) -> str:
     if reply in _REWORDED:
         return _REWORDED[reply]
     code, text = reply[:3], reply[4:]
@@ -117,6 +147,28 @@ class RelaySMTP(SMTP):
         self._plain_replies = False
         self._busy = False
         self._closing = False
+        self._deadline = 0.0
+
+    # -- idle timeout -----------------------------------------------------------------
+    # aiosmtpd replaces its timer on every command (a new TimerHandle each time); here
+    # each command only moves a deadline, and the one timer re-arms itself when it fires
+    # before that deadline.
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        delay = duration or self._timeout_duration
+        self._deadline = self.loop.time() + delay
+        handle = self._timeout_handle
+        if handle is None or handle.cancelled() or handle.when() > self._deadline:
+            if handle is not None:
+                handle.cancel()
+            self._timeout_handle = self.loop.call_later(delay, self._timeout_cb)
+
+    def _timeout_cb(self) -> None:
+        remaining = self._deadline - self.loop.time()
+        if remaining > 0.001:
+            self._timeout_handle = self.loop.call_later(remaining, self._timeout_cb)
+            return
+        super()._timeout_cb()  # type: ignore[no-untyped-call]
 
     # -- session plumbing -------------------------------------------------------------
 
@@ -157,7 +209,13 @@ class RelaySMTP(SMTP):
                 self._greeted = True
             elif not (self._plain_replies and status.startswith("250")):
                 status = with_enhanced_code(status)
-        await super().push(status)
+        # aiosmtpd's push, less its debug log line: encode, write, drain.
+        if isinstance(status, str):
+            response = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii") + b"\r\n"
+        else:
+            response = status + b"\r\n"
+        self._writer.write(response)
+        await self._writer.drain()
         self._busy = False
         closing = self._closing or (isinstance(status, str) and status.startswith("421"))
         if closing and self.transport is not None:
@@ -258,8 +316,16 @@ class RelaySMTP(SMTP):
             return
         await super().smtp_STARTTLS(arg)
 
+    def _ready(self) -> bool:
+        """HELO/EHLO seen and no AUTH owed: then the async checks need not run."""
+        session = self.session
+        assert session is not None
+        return bool(session.host_name) and not (self._auth_required and not session.authenticated)
+
     async def smtp_MAIL(self, arg: str | None) -> None:
-        if await self.check_helo_needed() or await self.check_auth_needed("MAIL"):
+        if not self._ready() and (
+            await self.check_helo_needed() or await self.check_auth_needed("MAIL")
+        ):
             return
         assert self.session is not None and isinstance(self.envelope, RelayEnvelope)
         syntax = "501 5.5.4 Syntax: MAIL FROM:<address>"
@@ -279,7 +345,11 @@ class RelaySMTP(SMTP):
             await self.push(syntax)
             return
         try:
-            params = mail_params(parse_params(param_text), self.data_size_limit)
+            params = (
+                mail_params(parse_params(param_text), self.data_size_limit)
+                if param_text
+                else _NO_MAIL_PARAMS
+            )
         except ParamError as exc:
             await self.push(str(exc))
             return
@@ -289,8 +359,132 @@ class RelaySMTP(SMTP):
             status = "250 2.1.0 Ok"
         await self.push(status)
 
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA, reading the message a buffer at a time instead of line by line.
+
+        Same replies and the same rules: a line is ended by CRLF only, a line of only
+        "." ends the data (so a bare LF never does: the smuggling class), a leading dot
+        is removed, a line over ``line_length_limit`` octets gets 500 and more than
+        ``data_size_limit`` octets 552, both sent after the terminating dot. Whatever the
+        client pipelined after the dot stays in the reader for the next command.
+        """
+        if self._decode_data or not _READER_INTERNALS or "DATA" not in self._handle_hooks:
+            await super().smtp_DATA(arg)
+            return
+        if not self._ready() and (
+            await self.check_helo_needed() or await self.check_auth_needed("DATA")
+        ):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            content, state = await self._read_data()
+        except asyncio.CancelledError:
+            log.info("Connection lost during DATA")
+            self._writer.close()
+            raise
+        if state is not _NOMINAL:
+            await self.push(_TOO_LONG_REPLY if state is _TOO_LONG else _TOO_MUCH_REPLY)
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            return
+        self.envelope.content = content
+        self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push("250 OK" if status is MISSING else status)
+
+    async def _read_data(self) -> tuple[bytes, str]:
+        """The message up to the line of only ".", dot-unstuffed, and how it went."""
+        reader = self._reader
+        buf: bytearray = reader._buffer  # type: ignore[attr-defined]
+        longest = self.line_length_limit  # octets, CRLF included
+        limit = self.data_size_limit or 0
+        parts: list[bytes] = []
+        size = 0  # octets of the lines so far, as sent (before unstuffing)
+        partial = 0  # octets of an over-long line already dropped from the buffer
+        state = _NOMINAL
+        while True:
+            # Every complete line now in the buffer, up to the end of the data if it is there.
+            if not partial and buf[:3] == b".\r\n":
+                end, finished = 0, True
+            else:
+                marker = buf.find(_END_OF_DATA)
+                finished = marker >= 0
+                if not finished:
+                    marker = buf.rfind(b"\r\n")
+                end = marker + 2 if marker >= 0 else 0
+            if end:
+                if state is not _NOMINAL:
+                    pass  # being discarded: only the end matters now
+                elif (
+                    not partial
+                    and (end <= longest or max(map(len, buf[:end].split(b"\r\n"))) <= longest - 2)
+                    and not (limit and size + end > limit)
+                ):
+                    size += end
+                    parts.append(_unstuff(bytes(buf[:end])))
+                else:
+                    size, state = self._lines(buf, end, partial, size, state, parts)
+                partial = 0
+                del buf[:end]
+            if finished:
+                del buf[:3]
+                reader._maybe_resume_transport()  # type: ignore[attr-defined]
+                if state is not _NOMINAL:
+                    return b"", state
+                return b"".join(parts), state
+            if len(buf) > longest:
+                # No line end within the limit: drop the line's start as it comes, as
+                # aiosmtpd does, keeping a final CR that may start the CRLF.
+                drop = len(buf) - (1 if buf.endswith(b"\r") else 0)
+                size += drop
+                partial += drop
+                state, parts = (_TOO_LONG, []) if state is _NOMINAL else (state, parts)
+                del buf[:drop]
+            reader._maybe_resume_transport()  # type: ignore[attr-defined]
+            error = reader.exception()
+            if error is not None:
+                raise error
+            if reader._eof:  # type: ignore[attr-defined]
+                raise asyncio.IncompleteReadError(bytes(buf), None)
+            await reader._wait_for_data("readuntil")  # type: ignore[attr-defined]
+
+    def _lines(
+        self, buf: bytearray, end: int, partial: int, size: int, state: str, parts: list[bytes]
+    ) -> tuple[int, str]:
+        """Line by line through ``buf[:end]``, in aiosmtpd's order of checks."""
+        longest = self.line_length_limit
+        limit = self.data_size_limit or 0
+        pos = 0
+        while pos < end and state is _NOMINAL:
+            eol = buf.find(b"\r\n", pos, end) + 2
+            length = partial + eol - pos
+            size += eol - pos
+            if length > longest + 2:  # aiosmtpd's reader overruns its limit first
+                state = _TOO_LONG
+            elif limit and size > limit:
+                state = _TOO_MUCH
+            elif length > longest:
+                state = _TOO_LONG
+            else:
+                parts.append(_unstuff(bytes(buf[pos:eol])))
+            partial = 0
+            pos = eol
+        if state is not _NOMINAL:
+            parts.clear()
+        return size, state
+
     async def smtp_RCPT(self, arg: str | None) -> None:
-        if await self.check_helo_needed() or await self.check_auth_needed("RCPT"):
+        if not self._ready() and (
+            await self.check_helo_needed() or await self.check_auth_needed("RCPT")
+        ):
             return
         assert self.session is not None and isinstance(self.envelope, RelayEnvelope)
         if self.envelope.mail_from is None:
@@ -313,7 +507,7 @@ class RelaySMTP(SMTP):
             await self.push("452 4.5.3 Too many recipients")
             return
         try:
-            params = rcpt_params(parse_params(param_text))
+            params = rcpt_params(parse_params(param_text)) if param_text else _NO_RCPT_PARAMS
         except ParamError as exc:
             await self.push(str(exc))
             return
@@ -322,6 +516,13 @@ class RelaySMTP(SMTP):
             # Without a recipient policy aiosmtpd would accept anyone: fail closed.
             status = "554 5.7.1 Relay access denied"
         await self.push(status)
+
+
+def _unstuff(lines: bytes) -> bytes:
+    """Remove the leading dot of each line (RFC 5321 4.5.2); ``lines`` ends with CRLF."""
+    if lines[:1] == b".":
+        lines = lines[1:]
+    return lines.replace(b"\r\n.", b"\r\n")
 
 
 def _consume_result(task: asyncio.Task[None]) -> None:
