@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import smtplib
 from collections.abc import Awaitable, Callable
@@ -319,3 +320,42 @@ async def test_metadata_round_trips_as_json(smtp_relay: SmtpRelay) -> None:
             return queued_id(client.data(header + b"Subject: m\r\n\r\nx\r\n")[1])
 
     assert smtp_relay.message(await in_thread(send)).metadata == metadata
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 7, 1000])
+async def test_data_split_anywhere_reads_the_same(
+    smtp_relay: SmtpRelay, dialog_factory: OpenDialog, step: int
+) -> None:
+    # The DATA reader takes whatever the socket gives: segment boundaries inside CRLF,
+    # inside the final ".\r\n" or after the dot must change nothing, and a command
+    # pipelined behind the dot is still a command.
+    wire = (
+        b"Subject: split\r\n\r\n..stuffed\r\n..\r\n x\r\n"
+        + b"y" * 997
+        + b"\r\n..z\r\n.\r\nNOOP\r\n"
+    )
+    dialog = await dialog_factory(smtp_relay.port)
+    await open_transaction(dialog)
+    for start in range(0, len(wire), step):
+        await dialog.send(wire[start : start + step])
+        await asyncio.sleep(0)
+    code, lines = await dialog.reply()
+    assert code == 250, lines
+    assert await dialog.reply() == (250, ["2.0.0 Ok"])
+    raw = smtp_relay.raw(queued_id(lines[-1]))
+    expected = b"Subject: split\r\n\r\n.stuffed\r\n.\r\n x\r\n" + b"y" * 997 + b"\r\n.z\r\n"
+    assert raw is not None and raw.endswith(expected)
+
+
+async def test_empty_message_split_at_the_dot(
+    smtp_relay: SmtpRelay, dialog_factory: OpenDialog
+) -> None:
+    dialog = await dialog_factory(smtp_relay.port)
+    await open_transaction(dialog)
+    for part in (b".", b"\r", b"\n"):
+        await dialog.send(part)
+        await asyncio.sleep(0.01)
+    code, lines = await dialog.reply()
+    assert code == 250, lines
+    raw = smtp_relay.raw(queued_id(lines[-1]))
+    assert raw is not None and raw.endswith(b"\r\n")
