@@ -203,3 +203,25 @@ async def test_pipelined_transaction(smtp_relay: SmtpRelay, dialog_factory: Open
     code, lines = await dialog.reply()
     assert code == 250 and lines[0].startswith("2.0.0 Ok: queued as msg-")
     assert await dialog.reply() == (221, ["2.0.0 Bye"])
+
+
+async def test_session_command_tables_match_a_full_attribute_listing(
+    smtp_relay: SmtpRelay,
+) -> None:
+    """RelaySMTP lists only auth_*/smtp_* names to aiosmtpd's __init__; the tables it
+    builds from them must be exactly those of a full listing (guards an aiosmtpd upgrade)."""
+    from daemon.smtp.protocol import RelaySMTP
+
+    handler = smtp_relay.listeners.handler
+    loop = asyncio.get_running_loop()
+    quick = RelaySMTP(handler, hostname="relay.test", loop=loop)
+    RelaySMTP._listing_for_init = False
+    try:
+        full = RelaySMTP(handler, hostname="relay.test", loop=loop)
+    finally:
+        RelaySMTP._listing_for_init = True
+    for table in ("_auth_methods", "_smtp_methods", "_handle_hooks"):
+        assert sorted(getattr(quick, table)) == sorted(getattr(full, table)), table
+    assert {"AUTH", "DATA", "EHLO", "MAIL", "RCPT", "STARTTLS"} <= set(quick._smtp_methods)
+    assert set(quick._auth_methods) == {"LOGIN", "PLAIN"}
+    assert len(dir(quick)) == len(dir(full)) > 50  # dir() is whole again after __init__
