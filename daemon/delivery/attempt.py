@@ -183,8 +183,11 @@ class Deliverer:
             if failure.result.outcome == retry.PERMANENT:
                 statuses.append((failure.recipient.address, "failed", failure.result.reply))
 
-        still_deferred = [] if status == "failed" else [deferred[r.address] for r in remaining]
-        error = _error_text([*failures, *still_deferred])
+        if failures or (remaining and status != "failed"):
+            still_deferred = [] if status == "failed" else [deferred[r.address] for r in remaining]
+            error = _error_text([*failures, *still_deferred])
+        else:
+            error = None  # what _error_text says of no failure
         outcome = Outcome(
             message_id=message.id,
             lease_owner=message.lease_owner,
@@ -198,7 +201,7 @@ class Deliverer:
             attempts=tuple(attempts),
             recipient_status=tuple(statuses),
         )
-        return outcome, self._bounce(message, failures, now)
+        return outcome, (self._bounce(message, failures, now) if failures else None)
 
     def _wait(
         self, message: ClaimedMessage, skipped: Sequence[tuple[str, Admission]], now: datetime
