@@ -79,7 +79,7 @@ class Breaker:
         return replace(self, probing=False)
 
     def succeeded(self) -> Breaker:
-        return Breaker()
+        return CLOSED
 
     def failed(self, now: float, policy: BreakerPolicy) -> Breaker:
         failures = self.failures + 1
@@ -87,3 +87,7 @@ class Breaker:
             # Opening again after a failed probe restarts the cool-down.
             return Breaker(failures, now, False)
         return Breaker(failures)
+
+
+# A closed circuit with no failure: the state of nearly every provider, shared (immutable).
+CLOSED = Breaker()

@@ -6,7 +6,7 @@ Pure: the random split between providers of one priority comes from an RNG argum
 from __future__ import annotations
 
 import random
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from itertools import groupby
 
 from daemon.config import ProviderConfig
@@ -38,6 +38,38 @@ def weighted_order(group: list[ProviderConfig], rng: random.Random) -> list[Prov
     return ordered + spare
 
 
+def priority_groups(
+    providers: Iterable[ProviderConfig],
+    workspace_id: str,
+    available: Collection[str] | None = None,
+) -> tuple[tuple[ProviderConfig, ...], ...]:
+    """The candidates for a workspace, grouped by priority (best first), each by id.
+
+    Fixed for a given configuration and set of running providers, so it may be kept
+    (see :class:`RouteCache`); only the weighted split within a group is drawn anew.
+    """
+    pool = candidates(providers, workspace_id)
+    if available is not None:
+        pool = [p for p in pool if p.id in available]
+    pool.sort(key=lambda p: (p.priority, p.id))
+    return tuple(tuple(group) for _, group in groupby(pool, key=lambda p: p.priority))
+
+
+def order_groups(groups: Iterable[tuple[ProviderConfig, ...]], rng: random.Random) -> list[str]:
+    """Provider ids in priority order, each group split by weighted draws."""
+    order: list[str] = []
+    for group in groups:
+        if len(group) == 1:
+            # The same result and the same draws as weighted_order, without the lists.
+            provider = group[0]
+            if provider.weight > 0:
+                rng.random()
+            order.append(provider.id)
+        else:
+            order.extend(p.id for p in weighted_order(list(group), rng))
+    return order
+
+
 def order_providers(
     providers: Iterable[ProviderConfig],
     workspace_id: str,
@@ -48,14 +80,38 @@ def order_providers(
 
     ``available`` limits the result to providers that are actually built and running.
     """
-    pool = candidates(providers, workspace_id)
-    if available is not None:
-        pool = [p for p in pool if p.id in available]
-    pool.sort(key=lambda p: (p.priority, p.id))
-    order: list[str] = []
-    for _, group in groupby(pool, key=lambda p: p.priority):
-        order.extend(p.id for p in weighted_order(list(group), rng))
-    return order
+    return order_groups(priority_groups(providers, workspace_id, available), rng)
+
+
+class RouteCache:
+    """:func:`priority_groups` per workspace, kept while the configured and the running
+    providers stay the same objects (a reload or a runtime change replaces them)."""
+
+    MAX_WORKSPACES = 4096
+
+    def __init__(self) -> None:
+        self._providers: Mapping[str, ProviderConfig] | None = None
+        self._available: Collection[str] | None = None
+        self._groups: dict[str, tuple[tuple[ProviderConfig, ...], ...]] = {}
+
+    def order(
+        self,
+        providers: Mapping[str, ProviderConfig],
+        workspace_id: str,
+        rng: random.Random,
+        available: Collection[str] | None = None,
+    ) -> list[str]:
+        """The same as :func:`order_providers` over ``providers.values()``."""
+        if providers is not self._providers or available is not self._available:
+            self._providers, self._available = providers, available
+            self._groups.clear()
+        groups = self._groups.get(workspace_id)
+        if groups is None:
+            if len(self._groups) >= self.MAX_WORKSPACES:
+                self._groups.clear()
+            groups = priority_groups(providers.values(), workspace_id, available)
+            self._groups[workspace_id] = groups
+        return order_groups(groups, rng)
 
 
 # A message that found every candidate down or at its rate limit waits at least this

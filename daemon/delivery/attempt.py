@@ -19,9 +19,10 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from daemon.config import Config
 from daemon.core import dsn, retry, routing, suppression
@@ -55,16 +56,26 @@ class Deliverer:
         self.service = service
         self.providers = providers
         self.rng = rng
+        # Candidates per workspace, kept while the config and ``providers`` stay the same.
+        self._routes = routing.RouteCache()
 
     @property
     def config(self) -> Config:
         return self.service.config
 
-    async def run(
+    def run(
         self, message: ClaimedMessage, suppressed: suppression.Suppressed = ()
-    ) -> tuple[Outcome, NewMessage | None]:
+    ) -> Coroutine[Any, Any, tuple[Outcome, NewMessage | None]]:
         """Deliver to the recipients that are not suppressed; record the suppressed ones."""
-        if suppressed and not message.recipients:
+        if not suppressed:
+            # No wrapper coroutine: each resumption of the provider call crosses one frame less.
+            return self.attempt(message)
+        return self._run_suppressed(message, suppressed)
+
+    async def _run_suppressed(
+        self, message: ClaimedMessage, suppressed: suppression.Suppressed
+    ) -> tuple[Outcome, NewMessage | None]:
+        if not message.recipients:
             return suppression.all_suppressed(message, suppressed, self.service.clock()), None
         outcome, bounce = await self.attempt(message)
         return suppression.merge(outcome, suppressed), bounce
@@ -75,9 +86,10 @@ class Deliverer:
         if not message.recipients:
             # Every recipient already has a final status; nothing is left to send.
             return _finished_without_recipients(message, self.service.clock()), None
-        order = routing.order_providers(
-            config.providers.values(), message.workspace_id, self.rng, available=self.providers
+        order = self._routes.order(
+            config.providers, message.workspace_id, self.rng, available=self.providers
         )
+        health = self.service.providers_state
         remaining = list(message.recipients)
         attempts: list[Attempt] = []
         statuses: list[tuple[str, str, str | None]] = []
@@ -91,12 +103,30 @@ class Deliverer:
         for pid in order:
             if not remaining:
                 break
-            admission = self.service.providers_state.admit(pid)
+            admission = health.admit(pid)
             if not admission.allowed:
                 skipped.append((pid, admission))
                 continue
-            result, attempt = await self._try_provider(pid, message, remaining, admission.probe)
-            attempts.append(attempt)
+            # The provider call, inline (not in a helper coroutine) for the same reason as run.
+            provider = self.providers[pid]
+            attempted_at = self.service.clock()
+            started = time.monotonic()
+            try:
+                result = await provider.send(Envelope.of(message, remaining))
+            except asyncio.CancelledError:
+                if admission.probe:
+                    health.abandon(pid)
+                raise
+            except Exception as exc:
+                log.exception("provider %s failed unexpectedly on %s", pid, message.id)
+                result = DeliveryResult.uniform(
+                    retry.TEMPORARY, remaining, reply=f"provider error: {type(exc).__name__}: {exc}"
+                )
+            health.record(pid, result.outcome, result.reply)
+            elapsed = int((time.monotonic() - started) * 1000)
+            attempts.append(
+                Attempt(pid, result.outcome, attempted_at, result.code, result.reply, elapsed)
+            )
             by_address = {r.address: r for r in result.recipients}
             still: list[Recipient] = []
             for rcpt in remaining:
@@ -153,8 +183,11 @@ class Deliverer:
             if failure.result.outcome == retry.PERMANENT:
                 statuses.append((failure.recipient.address, "failed", failure.result.reply))
 
-        still_deferred = [] if status == "failed" else [deferred[r.address] for r in remaining]
-        error = _error_text([*failures, *still_deferred])
+        if failures or (remaining and status != "failed"):
+            still_deferred = [] if status == "failed" else [deferred[r.address] for r in remaining]
+            error = _error_text([*failures, *still_deferred])
+        else:
+            error = None  # what _error_text says of no failure
         outcome = Outcome(
             message_id=message.id,
             lease_owner=message.lease_owner,
@@ -168,7 +201,7 @@ class Deliverer:
             attempts=tuple(attempts),
             recipient_status=tuple(statuses),
         )
-        return outcome, self._bounce(message, failures, now)
+        return outcome, (self._bounce(message, failures, now) if failures else None)
 
     def _wait(
         self, message: ClaimedMessage, skipped: Sequence[tuple[str, Admission]], now: datetime
@@ -189,29 +222,6 @@ class Deliverer:
             next_attempt_at=now + timedelta(seconds=delay),
             error=error,
         )
-
-    async def _try_provider(
-        self, pid: str, message: ClaimedMessage, recipients: list[Recipient], probe: bool
-    ) -> tuple[DeliveryResult, Attempt]:
-        provider = self.providers[pid]
-        health = self.service.providers_state
-        attempted_at = self.service.clock()
-        started = time.monotonic()
-        try:
-            result = await provider.send(Envelope.of(message, recipients))
-        except asyncio.CancelledError:
-            if probe:
-                health.abandon(pid)
-            raise
-        except Exception as exc:
-            log.exception("provider %s failed unexpectedly on %s", pid, message.id)
-            result = DeliveryResult.uniform(
-                retry.TEMPORARY, recipients, reply=f"provider error: {type(exc).__name__}: {exc}"
-            )
-        health.record(pid, result.outcome, result.reply)
-        elapsed = int((time.monotonic() - started) * 1000)
-        attempt = Attempt(pid, result.outcome, attempted_at, result.code, result.reply, elapsed)
-        return result, attempt
 
     def _bounce(
         self, message: ClaimedMessage, failures: Sequence[Failure], now: datetime

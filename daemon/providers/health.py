@@ -20,7 +20,7 @@ from typing import Any
 
 from daemon.config import Config
 from daemon.core import routing
-from daemon.core.breaker import DOWN, PROBE, WAIT, Breaker, BreakerPolicy
+from daemon.core.breaker import CLOSED, DOWN, PROBE, WAIT, Breaker, BreakerPolicy
 from daemon.core.retry import PERMANENT, SENT
 from daemon.core.throttle import Throttle
 from daemon.providers.base import HealthResult, Provider
@@ -53,6 +53,10 @@ class CheckRecord:
     detail: str = ""
 
 
+ADMITTED = Admission(True)
+ADMITTED_AS_PROBE = Admission(True, probe=True)
+
+
 class ProviderHealth:
     """Breaker, throttle and last health check per provider id, for one daemon."""
 
@@ -77,6 +81,13 @@ class ProviderHealth:
         self._throttles: dict[str, Throttle] = {}
         self._checks: dict[str, CheckRecord] = {}
         self._releases: set[asyncio.Task[None]] = set()
+        # The breaker policy of the last ``[health]`` section seen (rebuilt when it changes).
+        self._policy_of: object = None
+        self._policy = BreakerPolicy()
+        # The current UTC day (from ``clock``): [start, end) and its ISO date.
+        self._day_start: datetime | None = None
+        self._day_end: datetime | None = None
+        self._day_iso = ""
 
     # -- set-up ----------------------------------------------------------------------
 
@@ -104,18 +115,25 @@ class ProviderHealth:
     @property
     def policy(self) -> BreakerPolicy:
         h = self._config().health
-        return BreakerPolicy(h.degraded_after, h.down_after, h.cooldown.seconds)
+        if h is not self._policy_of:
+            self._policy = BreakerPolicy(h.degraded_after, h.down_after, h.cooldown.seconds)
+            self._policy_of = h
+        return self._policy
+
+    def _today(self, now: datetime) -> str:
+        """The ISO date of ``now``; the day's bounds are kept until ``now`` leaves them."""
+        start, end = self._day_start, self._day_end
+        if start is None or end is None or not start <= now < end:
+            start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+            self._day_start, self._day_end = start, start + timedelta(days=1)
+            self._day_iso = now.date().isoformat()
+        return self._day_iso
 
     def _day(self) -> str:
-        return self._clock().date().isoformat()
-
-    def _day_left(self) -> float:
-        now = self._clock()
-        midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
-        return (midnight - now).total_seconds()
+        return self._today(self._clock())
 
     def _breaker(self, pid: str) -> Breaker:
-        return self._breakers.get(pid) or Breaker()
+        return self._breakers.get(pid) or CLOSED
 
     def _set(self, pid: str, breaker: Breaker, detail: str = "") -> None:
         policy = self.policy
@@ -160,25 +178,33 @@ class ProviderHealth:
     def admit(self, pid: str) -> Admission:
         """May ``pid`` take one message now? Counts it against the rate limits if so."""
         now = self._monotonic()
+        breaker = self._breakers.get(pid) or CLOSED
         policy = self.policy
-        breaker = self._breaker(pid)
         door = breaker.admission(now, policy)
         if door == WAIT:
             return Admission(False, reason=BREAKER_OPEN, retry_in=breaker.retry_in(now, policy))
         pc = self._config().providers.get(pid)
         per_day, per_second = (pc.rate_limit, pc.rate_limit_per_second) if pc else (0, 0)
-        throttle = self._throttles.setdefault(pid, Throttle())
-        verdict = throttle.take(now, self._day(), self._day_left(), per_day, per_second)
+        throttle = self._throttles.get(pid)
+        if throttle is None:
+            throttle = self._throttles[pid] = Throttle()
+        wall = self._clock()
+        day = self._today(wall)
+        # The time left in the day only matters to a daily limit.
+        day_left = (self._day_end - wall).total_seconds() if per_day and self._day_end else 0.0
+        verdict = throttle.take(now, day, day_left, per_day, per_second)
         if not verdict.allowed:
             return Admission(False, reason=verdict.limit, retry_in=verdict.retry_in)
         if door == PROBE:
             self._breakers[pid] = breaker.probe_started()
-            return Admission(True, probe=True)
-        return Admission(True)
+            return ADMITTED_AS_PROBE
+        return ADMITTED
 
     def record(self, pid: str, outcome: str, detail: str = "") -> None:
         """The result of one call: accepted or refused for the message counts as working."""
         if outcome in (SENT, PERMANENT):
+            if self._breakers.get(pid) is CLOSED:
+                return  # closed and healthy stays so: nothing changes, nothing to log
             self._set(pid, self._breaker(pid).succeeded())
         else:
             self._set(pid, self._breaker(pid).failed(self._monotonic(), self.policy), detail)

@@ -106,3 +106,48 @@ def test_can_deliver_while_a_candidate_is_not_down(
 
 def test_no_candidate_cannot_deliver() -> None:
     assert routing.can_deliver([ProviderConfig("off", "smtp", enabled=False)], "ws", set()) is False
+
+
+def _reference_order(
+    providers: list[ProviderConfig], workspace_id: str, rng: random.Random
+) -> list[str]:
+    """order_providers as it was written before the grouping was cached: one weighted draw
+    per group, including a group of one (the RNG sequence must not change)."""
+    pool = sorted(candidates(providers, workspace_id), key=lambda p: (p.priority, p.id))
+    order: list[str] = []
+    for priority in sorted({p.priority for p in pool}):
+        order.extend(
+            p.id for p in routing.weighted_order([p for p in pool if p.priority == priority], rng)
+        )
+    return order
+
+
+def test_route_cache_orders_and_draws_like_order_providers() -> None:
+    providers = [
+        pc("solo", 1, 5),
+        pc("big", 2, 70),
+        pc("small", 2, 30),
+        pc("spare", 2, 0),
+        pc("last", 3, 0),
+        pc("own", 1, 1, workspace_id="ws-own"),
+    ]
+    by_id = {p.id: p for p in providers}
+    cache = routing.RouteCache()
+    cached, plain, reference = random.Random(3), random.Random(3), random.Random(3)
+    for i in range(500):
+        ws = "ws-own" if i % 7 == 0 else "ws"
+        expected = _reference_order(providers, ws, reference)
+        assert order_providers(providers, ws, plain) == expected
+        assert cache.order(by_id, ws, cached) == expected
+    assert cached.random() == plain.random() == reference.random()
+
+
+def test_route_cache_follows_a_new_config_or_provider_set() -> None:
+    cache = routing.RouteCache()
+    rng = random.Random(1)
+    first = {"a": pc("a", 1), "b": pc("b", 2)}
+    available = {"a": object(), "b": object()}
+    assert cache.order(first, "ws", rng, available) == ["a", "b"]
+    second = {"a": pc("a", 2), "b": pc("b", 1)}
+    assert cache.order(second, "ws", rng, available) == ["b", "a"]
+    assert cache.order(second, "ws", rng, {"a": object()}) == ["a"]
