@@ -19,7 +19,6 @@ import asyncio
 import base64
 import binascii
 import collections
-import functools
 import logging
 import re
 import typing
@@ -125,10 +124,15 @@ def _with_enhanced_code(reply: str) -> str:
     return f"{code}{reply[3]}{status} {text}" if text else f"{code}{reply[3]}{status}"
 
 
-@functools.cache
+_COMMAND_NAMES: dict[type, list[str]] = {}
+
+
 def _command_names(cls: type) -> list[str]:
     """The attributes aiosmtpd's ``__init__`` looks for: AUTH mechanisms and SMTP commands."""
-    return [name for name in dir(cls) if name.startswith(("auth_", "smtp_"))]
+    names = _COMMAND_NAMES.get(cls)
+    if names is None:
+        names = _COMMAND_NAMES[cls] = [n for n in dir(cls) if n.startswith(("auth_", "smtp_"))]
+    return names
 
 
 class RelaySMTP(SMTP):
