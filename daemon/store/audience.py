@@ -193,6 +193,17 @@ def suppression_text(status: str, reason: str | None) -> str:
     return f"{text} ({reason})" if reason else text
 
 
+_SUPPRESSED = sa.select(
+    recipients.c.workspace_id,
+    recipients.c.email,
+    recipients.c.status,
+    recipients.c.suppression_reason,
+).where(
+    recipients.c.status.in_(SUPPRESSED_STATUSES),
+    recipients.c.email.in_(sa.bindparam("emails", expanding=True)),
+)
+
+
 def suppressed_addresses(
     conn: Connection, pairs: Iterable[tuple[str, str]]
 ) -> dict[tuple[str, str], str]:
@@ -208,16 +219,9 @@ def suppressed_addresses(
     found: dict[tuple[str, str], str] = {}
     for start in range(0, len(emails), _LOOKUP_CHUNK):
         chunk = emails[start : start + _LOOKUP_CHUNK]
-        rows = conn.execute(
-            sa.select(
-                recipients.c.workspace_id,
-                recipients.c.email,
-                recipients.c.status,
-                recipients.c.suppression_reason,
-            ).where(recipients.c.status.in_(SUPPRESSED_STATUSES), recipients.c.email.in_(chunk))
-        )
-        for row in rows:
-            key = (row.workspace_id, row.email)
+        rows = conn.execute(_SUPPRESSED, {"emails": chunk})
+        for workspace_id, email, status, reason in rows:
+            key = (workspace_id, email)
             if key in wanted:
-                found[key] = suppression_text(row.status, row.suppression_reason)
+                found[key] = suppression_text(status, reason)
     return found

@@ -92,6 +92,15 @@ def on_enqueued(conn: Connection, batch: Sequence[NewMessage]) -> None:
         )
 
 
+_ADD_RECEIVED = (
+    recipients.update()
+    .where(
+        recipients.c.workspace_id == sa.bindparam("ws"), recipients.c.email == sa.bindparam("em")
+    )
+    .values(total_received=recipients.c.total_received + sa.bindparam("n"))
+)
+
+
 def on_outcomes(conn: Connection, applied: Sequence[tuple[Outcome, str, str | None]]) -> None:
     """Count delivery results: ``applied`` holds (outcome, workspace_id, campaign_id)."""
     deltas: dict[tuple[str, str], list[Any]] = {}
@@ -127,13 +136,7 @@ def on_outcomes(conn: Connection, applied: Sequence[tuple[Outcome, str, str | No
         )
     if received:
         conn.execute(
-            recipients.update()
-            .where(
-                recipients.c.workspace_id == sa.bindparam("ws"),
-                recipients.c.email == sa.bindparam("em"),
-            )
-            .values(total_received=recipients.c.total_received + sa.bindparam("n")),
-            [{"ws": ws, "em": email, "n": n} for (ws, email), n in received.items()],
+            _ADD_RECEIVED, [{"ws": ws, "em": email, "n": n} for (ws, email), n in received.items()]
         )
 
 

@@ -9,6 +9,7 @@ sends, so a restarted daemon keeps honouring a provider's daily rate limit.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -99,8 +100,41 @@ def _ensure(conn: Connection, provider_ids: Iterable[str]) -> None:
     )
 
 
+@functools.cache
+def _count_statement(dialect: str) -> Any:
+    """Create-or-add a provider's counters: one upsert, executemany over the providers.
+
+    A new row gets what ``_ensure`` then the increment would give it (today's day
+    and count, zero check fields); an existing row is incremented in place.
+    """
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    c = provider_stats.c
+    statement = insert(provider_stats).values(
+        provider_id=sa.bindparam("b_pid"),
+        attempts=sa.bindparam("b_n"),
+        sent=sa.bindparam("b_sent"),
+        latency_ms_total=sa.bindparam("b_ms"),
+        day=sa.bindparam("b_day"),
+        day_count=sa.bindparam("b_n"),
+        last_check_detail="",
+    )
+    new = statement.excluded
+    return statement.on_conflict_do_update(
+        index_elements=[c.provider_id],
+        set_={
+            "attempts": c.attempts + new.attempts,
+            "sent": c.sent + new.sent,
+            "latency_ms_total": c.latency_ms_total + new.latency_ms_total,
+            "day_count": sa.case(
+                (c.day == new.day, c.day_count + new.day_count), else_=new.day_count
+            ),
+            "day": new.day,
+        },
+    )
+
+
 def count_attempts(conn: Connection, attempts: Iterable[Attempt], day: str) -> None:
-    """Add provider calls to the running counters (one UPDATE per provider)."""
+    """Add provider calls to the running counters (one upsert for all providers)."""
     totals: dict[str, list[int]] = {}
     for a in attempts:
         if a.provider == "none":
@@ -111,20 +145,13 @@ def count_attempts(conn: Connection, attempts: Iterable[Attempt], day: str) -> N
         t[2] += max(a.duration_ms, 0)
     if not totals:
         return
-    _ensure(conn, totals)
-    c = provider_stats.c
-    for pid, (n, sent, ms) in sorted(totals.items()):
-        conn.execute(
-            provider_stats.update()
-            .where(c.provider_id == pid)
-            .values(
-                attempts=c.attempts + n,
-                sent=c.sent + sent,
-                latency_ms_total=c.latency_ms_total + ms,
-                day_count=sa.case((c.day == day, c.day_count + n), else_=n),
-                day=day,
-            )
-        )
+    conn.execute(
+        _count_statement(conn.dialect.name),
+        [
+            {"b_pid": pid, "b_n": n, "b_sent": sent, "b_ms": ms, "b_day": day}
+            for pid, (n, sent, ms) in sorted(totals.items())
+        ],
+    )
 
 
 def record_check(

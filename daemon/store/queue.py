@@ -6,6 +6,7 @@ use SQLAlchemy Core bulk statements: these run on the SMTP and delivery hot path
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -32,13 +33,20 @@ from daemon.store.models import (
     messages,
 )
 
+# Hot statements are built once: building a Core statement per call costs more
+# than running it (cache-key generation, coercions) on the ingest and delivery paths.
+_INSERT_MESSAGE = messages.insert()
+_INSERT_CONTENT = message_content.insert()
+_INSERT_RECIPIENT = message_recipients.insert()
+_INSERT_ATTEMPT = delivery_attempts.insert()
+
 
 def insert_messages(conn: Connection, batch: Sequence[NewMessage]) -> None:
     """Insert messages, their bytes and recipients with three executemany statements."""
     if not batch:
         return
     conn.execute(
-        messages.insert(),
+        _INSERT_MESSAGE,
         [
             {
                 "id": m.id,
@@ -74,9 +82,9 @@ def insert_messages(conn: Connection, batch: Sequence[NewMessage]) -> None:
             for m in batch
         ],
     )
-    conn.execute(message_content.insert(), [{"message_id": m.id, "raw": m.raw} for m in batch])
+    conn.execute(_INSERT_CONTENT, [{"message_id": m.id, "raw": m.raw} for m in batch])
     conn.execute(
-        message_recipients.insert(),
+        _INSERT_RECIPIENT,
         [
             {
                 "message_id": m.id,
@@ -92,6 +100,66 @@ def insert_messages(conn: Connection, batch: Sequence[NewMessage]) -> None:
     counters.on_enqueued(conn, batch)
 
 
+_PROMOTE_DUE = (
+    messages.update()
+    .where(messages.c.status == "scheduled", messages.c.next_attempt_at <= sa.bindparam("now"))
+    .values(status="queued", updated_at=sa.bindparam("now"))
+)
+_CLAIM_RETURNING = (
+    messages.c.id,
+    messages.c.mail_from,
+    messages.c.workspace_id,
+    messages.c.campaign_id,
+    messages.c.retry_count,
+    messages.c.max_retries,
+    messages.c.dsn_ret,
+    messages.c.dsn_envid,
+    messages.c.queued_at,
+    messages.c.priority,
+    messages.c.next_attempt_at,
+)
+_CLAIM_CONTENT = sa.select(message_content.c.message_id, message_content.c.raw).where(
+    message_content.c.message_id.in_(sa.bindparam("ids", expanding=True))
+)
+_CLAIM_RECIPIENTS = (
+    sa.select(
+        message_recipients.c.message_id,
+        message_recipients.c.address,
+        message_recipients.c.notify,
+        message_recipients.c.orcpt,
+    )
+    .where(
+        message_recipients.c.message_id.in_(sa.bindparam("ids", expanding=True)),
+        message_recipients.c.status == "pending",
+    )
+    .order_by(message_recipients.c.id)
+)
+
+
+@functools.cache
+def _claim_statement(dialect: str) -> Any:
+    """UPDATE ... RETURNING of up to ``:limit`` due messages (built once per dialect)."""
+    due = (
+        sa.select(messages.c.id)
+        .where(messages.c.status == "queued", messages.c.next_attempt_at <= sa.bindparam("now"))
+        .order_by(messages.c.priority, messages.c.next_attempt_at)
+        .limit(sa.bindparam("limit", type_=sa.Integer))
+    )
+    if dialect == "postgresql":
+        due = due.with_for_update(skip_locked=True)
+    return (
+        messages.update()
+        .where(messages.c.id.in_(due.scalar_subquery()))
+        .values(
+            status="processing",
+            lease_owner=sa.bindparam("owner"),
+            lease_until=sa.bindparam("lease_until"),
+            updated_at=sa.bindparam("now"),
+        )
+        .returning(*_CLAIM_RETURNING)
+    )
+
+
 def claim(
     conn: Connection, now: datetime, limit: int, owner: str, lease: timedelta
 ) -> list[ClaimedMessage]:
@@ -102,60 +170,19 @@ def claim(
     Scheduled messages that came due are first turned into queued ones, so the
     claim itself reads ``ix_messages_claim`` in order instead of sorting.
     """
-    conn.execute(
-        messages.update()
-        .where(messages.c.status == "scheduled", messages.c.next_attempt_at <= now)
-        .values(status="queued", updated_at=now)
-    )
-    due = (
-        sa.select(messages.c.id)
-        .where(messages.c.status == "queued", messages.c.next_attempt_at <= now)
-        .order_by(messages.c.priority, messages.c.next_attempt_at)
-        .limit(limit)
-    )
-    if conn.dialect.name == "postgresql":
-        due = due.with_for_update(skip_locked=True)
+    conn.execute(_PROMOTE_DUE, {"now": now})
     rows = conn.execute(
-        messages.update()
-        .where(messages.c.id.in_(due.scalar_subquery()))
-        .values(status="processing", lease_owner=owner, lease_until=now + lease, updated_at=now)
-        .returning(
-            messages.c.id,
-            messages.c.mail_from,
-            messages.c.workspace_id,
-            messages.c.campaign_id,
-            messages.c.retry_count,
-            messages.c.max_retries,
-            messages.c.dsn_ret,
-            messages.c.dsn_envid,
-            messages.c.queued_at,
-            messages.c.priority,
-            messages.c.next_attempt_at,
-        )
+        _claim_statement(conn.dialect.name),
+        {"now": now, "limit": limit, "owner": owner, "lease_until": now + lease},
     ).all()
     if not rows:
         return []
     rows = sorted(rows, key=lambda r: (r.priority, r.next_attempt_at))
     ids = [r.id for r in rows]
-    raw: dict[str, bytes] = dict(
-        conn.execute(
-            sa.select(message_content.c.message_id, message_content.c.raw).where(
-                message_content.c.message_id.in_(ids)
-            )
-        ).all()
-    )
+    raw: dict[str, bytes] = dict(conn.execute(_CLAIM_CONTENT, {"ids": ids}).all())
     recipients: dict[str, list[Recipient]] = {i: [] for i in ids}
-    for r in conn.execute(
-        sa.select(
-            message_recipients.c.message_id,
-            message_recipients.c.address,
-            message_recipients.c.notify,
-            message_recipients.c.orcpt,
-        )
-        .where(message_recipients.c.message_id.in_(ids), message_recipients.c.status == "pending")
-        .order_by(message_recipients.c.id)
-    ):
-        recipients[r.message_id].append(Recipient(r.address, r.notify, r.orcpt))
+    for message_id, address, notify, orcpt in conn.execute(_CLAIM_RECIPIENTS, {"ids": ids}):
+        recipients[message_id].append(Recipient(address, notify, orcpt))
     return [
         ClaimedMessage(
             id=r.id,
@@ -201,6 +228,19 @@ _UPDATE_RECIPIENT = (
 )
 
 
+@functools.cache
+def _leases_statement(dialect: str) -> Any:
+    """Who holds the lease of each of ``:ids`` still processing (rows locked on PostgreSQL)."""
+    current = sa.select(
+        messages.c.id, messages.c.lease_owner, messages.c.workspace_id, messages.c.campaign_id
+    ).where(
+        messages.c.id.in_(sa.bindparam("ids", expanding=True)), messages.c.status == "processing"
+    )
+    if dialect == "postgresql":
+        current = current.with_for_update()
+    return current
+
+
 def apply_outcomes(conn: Connection, outcomes: Sequence[Outcome]) -> int:
     """Record delivery results; a result whose lease was lost to another worker is dropped.
 
@@ -211,15 +251,12 @@ def apply_outcomes(conn: Connection, outcomes: Sequence[Outcome]) -> int:
     if not outcomes:
         return 0
     by_id = {o.message_id: o for o in outcomes}
-    current = sa.select(
-        messages.c.id, messages.c.lease_owner, messages.c.workspace_id, messages.c.campaign_id
-    ).where(messages.c.id.in_(list(by_id)), messages.c.status == "processing")
-    if conn.dialect.name == "postgresql":
-        current = current.with_for_update()
     applied: list[tuple[Outcome, str, str | None]] = [
-        (by_id[r.id], r.workspace_id, r.campaign_id)
-        for r in conn.execute(current)
-        if r.lease_owner == by_id[r.id].lease_owner
+        (by_id[message_id], workspace_id, campaign_id)
+        for message_id, lease_owner, workspace_id, campaign_id in conn.execute(
+            _leases_statement(conn.dialect.name), {"ids": list(by_id)}
+        )
+        if lease_owner == by_id[message_id].lease_owner
     ]
     if not applied:
         return 0
@@ -260,7 +297,7 @@ def apply_outcomes(conn: Connection, outcomes: Sequence[Outcome]) -> int:
         for a in o.attempts
     ]
     if attempt_rows:
-        conn.execute(delivery_attempts.insert(), attempt_rows)
+        conn.execute(_INSERT_ATTEMPT, attempt_rows)
     counters.on_outcomes(conn, applied)
     return len(applied)
 
@@ -287,13 +324,14 @@ def reap_expired(conn: Connection, now: datetime) -> int:
     )
 
 
+_NEXT_DUE = sa.select(sa.func.min(messages.c.next_attempt_at)).where(
+    messages.c.status.in_(("queued", "scheduled"))
+)
+
+
 def next_due(conn: Connection) -> datetime | None:
     """When the earliest waiting message becomes due (to sleep exactly that long)."""
-    value: datetime | None = conn.execute(
-        sa.select(sa.func.min(messages.c.next_attempt_at)).where(
-            messages.c.status.in_(("queued", "scheduled"))
-        )
-    ).scalar()
+    value: datetime | None = conn.execute(_NEXT_DUE).scalar()
     if value is not None and value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return value
