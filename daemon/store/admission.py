@@ -32,6 +32,7 @@ from sqlalchemy.engine import Connection
 
 from daemon.core.message import NewMessage
 from daemon.store import queue
+from daemon.store.direct import Direct
 from daemon.store.tenancy import Bucket, Consumed, usage_counters
 
 CounterKey = tuple[str, datetime]
@@ -62,7 +63,7 @@ def _lock_statement(dialect: str) -> Any:
     )
 
 
-_ADD = (
+_ADD = Direct(
     usage_counters.update()
     .where(
         usage_counters.c.key == sa.bindparam("b_key"),
@@ -95,8 +96,8 @@ def lock_counters(conn: Connection, buckets: Sequence[Bucket]) -> dict[CounterKe
 def add_counts(conn: Connection, deltas: dict[CounterKey, int]) -> None:
     """Add each delta to its (locked) counter row, in one executemany."""
     if deltas:
-        conn.execute(
-            _ADD, [{"b_key": k, "b_start": s, "b_n": n} for (k, s), n in sorted(deltas.items())]
+        _ADD.executemany(
+            conn, [{"b_key": k, "b_start": s, "b_n": n} for (k, s), n in sorted(deltas.items())]
         )
 
 

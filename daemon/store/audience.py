@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlmodel import Field, SQLModel
 
+from daemon.store.direct import Direct
 from daemon.store.models import JSONType, UTCDateTime
 
 RECIPIENT_STATUSES = ("ACTIVE", "UNSUBSCRIBED", "BOUNCED", "COMPLAINED")
@@ -193,14 +194,19 @@ def suppression_text(status: str, reason: str | None) -> str:
     return f"{text} ({reason})" if reason else text
 
 
-_SUPPRESSED = sa.select(
+_SUPPRESSED_COLUMNS = (
     recipients.c.workspace_id,
     recipients.c.email,
     recipients.c.status,
     recipients.c.suppression_reason,
-).where(
-    recipients.c.status.in_(SUPPRESSED_STATUSES),
-    recipients.c.email.in_(sa.bindparam("emails", expanding=True)),
+)
+# The statuses are constants of the statement, so the IN list is the addresses.
+_SUPPRESSED = Direct(
+    sa.select(*_SUPPRESSED_COLUMNS).where(
+        recipients.c.status.in_([sa.literal_column(f"'{s}'") for s in SUPPRESSED_STATUSES]),
+        recipients.c.email.in_(sa.bindparam("emails", expanding=True)),
+    ),
+    results=_SUPPRESSED_COLUMNS,
 )
 
 
@@ -219,7 +225,7 @@ def suppressed_addresses(
     found: dict[tuple[str, str], str] = {}
     for start in range(0, len(emails), _LOOKUP_CHUNK):
         chunk = emails[start : start + _LOOKUP_CHUNK]
-        rows = conn.execute(_SUPPRESSED, {"emails": chunk})
+        rows = _SUPPRESSED.execute(conn, {"emails": chunk})
         for workspace_id, email, status, reason in rows:
             key = (workspace_id, email)
             if key in wanted:

@@ -40,6 +40,7 @@ from sqlalchemy.engine import Connection
 
 from daemon.core.message import PENDING_STATUSES, STATUSES, NewMessage, Outcome
 from daemon.store.audience import campaigns, normalize, recipients
+from daemon.store.direct import Direct
 from daemon.store.models import messages
 
 EVENTS = ("delivered", "opened", "clicked", "unsubscribed", "complained", "bounced")
@@ -92,7 +93,7 @@ def on_enqueued(conn: Connection, batch: Sequence[NewMessage]) -> None:
         )
 
 
-_ADD_RECEIVED = (
+_ADD_RECEIVED = Direct(
     recipients.update()
     .where(
         recipients.c.workspace_id == sa.bindparam("ws"), recipients.c.email == sa.bindparam("em")
@@ -135,8 +136,8 @@ def on_outcomes(conn: Connection, applied: Sequence[tuple[Outcome, str, str | No
             )
         )
     if received:
-        conn.execute(
-            _ADD_RECEIVED, [{"ws": ws, "em": email, "n": n} for (ws, email), n in received.items()]
+        _ADD_RECEIVED.executemany(
+            conn, [{"ws": ws, "em": email, "n": n} for (ws, email), n in received.items()]
         )
 
 

@@ -9,7 +9,6 @@ sends, so a restarted daemon keeps honouring a provider's daily rate limit.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,6 +22,7 @@ from sqlmodel import Field, SQLModel
 
 from daemon.core.message import Attempt
 from daemon.core.retry import SENT
+from daemon.store.direct import Direct
 from daemon.store.models import UTCDateTime, messages
 
 
@@ -100,7 +100,6 @@ def _ensure(conn: Connection, provider_ids: Iterable[str]) -> None:
     )
 
 
-@functools.cache
 def _count_statement(dialect: str) -> Any:
     """Create-or-add a provider's counters: one upsert, executemany over the providers.
 
@@ -133,6 +132,9 @@ def _count_statement(dialect: str) -> Any:
     )
 
 
+_COUNT = Direct(_count_statement)
+
+
 def count_attempts(conn: Connection, attempts: Iterable[Attempt], day: str) -> None:
     """Add provider calls to the running counters (one upsert for all providers)."""
     totals: dict[str, list[int]] = {}
@@ -145,8 +147,8 @@ def count_attempts(conn: Connection, attempts: Iterable[Attempt], day: str) -> N
         t[2] += max(a.duration_ms, 0)
     if not totals:
         return
-    conn.execute(
-        _count_statement(conn.dialect.name),
+    _COUNT.executemany(
+        conn,
         [
             {"b_pid": pid, "b_n": n, "b_sent": sent, "b_ms": ms, "b_day": day}
             for pid, (n, sent, ms) in sorted(totals.items())

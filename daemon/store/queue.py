@@ -6,7 +6,6 @@ use SQLAlchemy Core bulk statements: these run on the SMTP and delivery hot path
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,6 +25,7 @@ from daemon.core.message import (
     Recipient,
 )
 from daemon.store import counters
+from daemon.store.direct import Direct
 from daemon.store.models import (
     delivery_attempts,
     message_content,
@@ -35,18 +35,63 @@ from daemon.store.models import (
 
 # Hot statements are built once: building a Core statement per call costs more
 # than running it (cache-key generation, coercions) on the ingest and delivery paths.
-_INSERT_MESSAGE = messages.insert()
-_INSERT_CONTENT = message_content.insert()
-_INSERT_RECIPIENT = message_recipients.insert()
-_INSERT_ATTEMPT = delivery_attempts.insert()
+_MESSAGE_KEYS = (
+    "id",
+    "uuid",
+    "workspace_id",
+    "campaign_id",
+    "user_id",
+    "source",
+    "mail_from",
+    "from_header",
+    "to_addrs",
+    "cc_addrs",
+    "bcc_addrs",
+    "subject",
+    "headers",
+    "attachments",
+    "metadata",
+    "priority",
+    "status",
+    "size",
+    "retry_count",
+    "max_retries",
+    "dsn_ret",
+    "dsn_envid",
+    "personalization",
+    "from_email_id",
+    "thread_id",
+    "queued_at",
+    "send_at",
+    "next_attempt_at",
+    "updated_at",
+)
+_INSERT_MESSAGE = Direct(messages.insert(), column_keys=_MESSAGE_KEYS)
+_INSERT_CONTENT = Direct(message_content.insert(), column_keys=("message_id", "raw"))
+_INSERT_RECIPIENT = Direct(
+    message_recipients.insert(),
+    column_keys=("message_id", "address", "status", "notify", "orcpt"),
+)
+_INSERT_ATTEMPT = Direct(
+    delivery_attempts.insert(),
+    column_keys=(
+        "message_id",
+        "attempted_at",
+        "provider",
+        "outcome",
+        "code",
+        "reply",
+        "duration_ms",
+    ),
+)
 
 
 def insert_messages(conn: Connection, batch: Sequence[NewMessage]) -> None:
     """Insert messages, their bytes and recipients with three executemany statements."""
     if not batch:
         return
-    conn.execute(
-        _INSERT_MESSAGE,
+    _INSERT_MESSAGE.executemany(
+        conn,
         [
             {
                 "id": m.id,
@@ -82,9 +127,9 @@ def insert_messages(conn: Connection, batch: Sequence[NewMessage]) -> None:
             for m in batch
         ],
     )
-    conn.execute(_INSERT_CONTENT, [{"message_id": m.id, "raw": m.raw} for m in batch])
-    conn.execute(
-        _INSERT_RECIPIENT,
+    _INSERT_CONTENT.executemany(conn, [{"message_id": m.id, "raw": m.raw} for m in batch])
+    _INSERT_RECIPIENT.executemany(
+        conn,
         [
             {
                 "message_id": m.id,
@@ -100,7 +145,7 @@ def insert_messages(conn: Connection, batch: Sequence[NewMessage]) -> None:
     counters.on_enqueued(conn, batch)
 
 
-_PROMOTE_DUE = (
+_PROMOTE_DUE = Direct(
     messages.update()
     .where(messages.c.status == "scheduled", messages.c.next_attempt_at <= sa.bindparam("now"))
     .values(status="queued", updated_at=sa.bindparam("now"))
@@ -118,27 +163,32 @@ _CLAIM_RETURNING = (
     messages.c.priority,
     messages.c.next_attempt_at,
 )
-_CLAIM_CONTENT = sa.select(message_content.c.message_id, message_content.c.raw).where(
-    message_content.c.message_id.in_(sa.bindparam("ids", expanding=True))
+_CONTENT_COLUMNS = (message_content.c.message_id, message_content.c.raw)
+_CLAIM_CONTENT = Direct(
+    sa.select(*_CONTENT_COLUMNS).where(
+        message_content.c.message_id.in_(sa.bindparam("ids", expanding=True))
+    ),
+    results=_CONTENT_COLUMNS,
 )
-_CLAIM_RECIPIENTS = (
-    sa.select(
-        message_recipients.c.message_id,
-        message_recipients.c.address,
-        message_recipients.c.notify,
-        message_recipients.c.orcpt,
-    )
+_RECIPIENT_COLUMNS = (
+    message_recipients.c.message_id,
+    message_recipients.c.address,
+    message_recipients.c.notify,
+    message_recipients.c.orcpt,
+)
+_CLAIM_RECIPIENTS = Direct(
+    sa.select(*_RECIPIENT_COLUMNS)
     .where(
         message_recipients.c.message_id.in_(sa.bindparam("ids", expanding=True)),
         message_recipients.c.status == "pending",
     )
-    .order_by(message_recipients.c.id)
+    .order_by(message_recipients.c.id),
+    results=_RECIPIENT_COLUMNS,
 )
 
 
-@functools.cache
 def _claim_statement(dialect: str) -> Any:
-    """UPDATE ... RETURNING of up to ``:limit`` due messages (built once per dialect)."""
+    """UPDATE ... RETURNING of up to ``:limit`` due messages."""
     due = (
         sa.select(messages.c.id)
         .where(messages.c.status == "queued", messages.c.next_attempt_at <= sa.bindparam("now"))
@@ -160,6 +210,9 @@ def _claim_statement(dialect: str) -> Any:
     )
 
 
+_CLAIM = Direct(_claim_statement, results=_CLAIM_RETURNING)
+
+
 def claim(
     conn: Connection, now: datetime, limit: int, owner: str, lease: timedelta
 ) -> list[ClaimedMessage]:
@@ -170,39 +223,50 @@ def claim(
     Scheduled messages that came due are first turned into queued ones, so the
     claim itself reads ``ix_messages_claim`` in order instead of sorting.
     """
-    conn.execute(_PROMOTE_DUE, {"now": now})
-    rows = conn.execute(
-        _claim_statement(conn.dialect.name),
-        {"now": now, "limit": limit, "owner": owner, "lease_until": now + lease},
-    ).all()
+    _PROMOTE_DUE.execute(conn, {"now": now})
+    rows = _CLAIM.execute(
+        conn, {"now": now, "limit": limit, "owner": owner, "lease_until": now + lease}
+    )
     if not rows:
         return []
-    rows = sorted(rows, key=lambda r: (r.priority, r.next_attempt_at))
-    ids = [r.id for r in rows]
-    raw: dict[str, bytes] = dict(conn.execute(_CLAIM_CONTENT, {"ids": ids}).all())
+    rows.sort(key=lambda r: (r[9], r[10]))  # priority, next_attempt_at
+    ids = [r[0] for r in rows]
+    raw: dict[str, bytes] = dict(_CLAIM_CONTENT.execute(conn, {"ids": ids}))
     recipients: dict[str, list[Recipient]] = {i: [] for i in ids}
-    for message_id, address, notify, orcpt in conn.execute(_CLAIM_RECIPIENTS, {"ids": ids}):
+    for message_id, address, notify, orcpt in _CLAIM_RECIPIENTS.execute(conn, {"ids": ids}):
         recipients[message_id].append(Recipient(address, notify, orcpt))
     return [
         ClaimedMessage(
-            id=r.id,
-            mail_from=r.mail_from,
-            recipients=recipients[r.id],
-            raw=bytes(raw[r.id]),
-            workspace_id=r.workspace_id,
-            campaign_id=r.campaign_id,
-            retry_count=r.retry_count,
-            max_retries=r.max_retries,
-            dsn_ret=r.dsn_ret,
-            dsn_envid=r.dsn_envid,
+            id=id_,
+            mail_from=mail_from,
+            recipients=recipients[id_],
+            raw=bytes(raw[id_]),
+            workspace_id=workspace_id,
+            campaign_id=campaign_id,
+            retry_count=retry_count,
+            max_retries=max_retries,
+            dsn_ret=dsn_ret,
+            dsn_envid=dsn_envid,
             lease_owner=owner,
-            queued_at=r.queued_at,
+            queued_at=queued_at,
         )
-        for r in rows
+        for (
+            id_,
+            mail_from,
+            workspace_id,
+            campaign_id,
+            retry_count,
+            max_retries,
+            dsn_ret,
+            dsn_envid,
+            queued_at,
+            _,
+            _,
+        ) in rows
     ]
 
 
-_UPDATE_OUTCOME = (
+_UPDATE_OUTCOME = Direct(
     messages.update()
     .where(messages.c.id == sa.bindparam("b_id"))
     .values(
@@ -218,7 +282,7 @@ _UPDATE_OUTCOME = (
         lease_until=None,
     )
 )
-_UPDATE_RECIPIENT = (
+_UPDATE_RECIPIENT = Direct(
     message_recipients.update()
     .where(
         message_recipients.c.message_id == sa.bindparam("b_message_id"),
@@ -228,17 +292,25 @@ _UPDATE_RECIPIENT = (
 )
 
 
-@functools.cache
+_LEASE_COLUMNS = (
+    messages.c.id,
+    messages.c.lease_owner,
+    messages.c.workspace_id,
+    messages.c.campaign_id,
+)
+
+
 def _leases_statement(dialect: str) -> Any:
     """Who holds the lease of each of ``:ids`` still processing (rows locked on PostgreSQL)."""
-    current = sa.select(
-        messages.c.id, messages.c.lease_owner, messages.c.workspace_id, messages.c.campaign_id
-    ).where(
+    current = sa.select(*_LEASE_COLUMNS).where(
         messages.c.id.in_(sa.bindparam("ids", expanding=True)), messages.c.status == "processing"
     )
     if dialect == "postgresql":
         current = current.with_for_update()
     return current
+
+
+_LEASES = Direct(_leases_statement, results=_LEASE_COLUMNS)
 
 
 def apply_outcomes(conn: Connection, outcomes: Sequence[Outcome]) -> int:
@@ -253,15 +325,15 @@ def apply_outcomes(conn: Connection, outcomes: Sequence[Outcome]) -> int:
     by_id = {o.message_id: o for o in outcomes}
     applied: list[tuple[Outcome, str, str | None]] = [
         (by_id[message_id], workspace_id, campaign_id)
-        for message_id, lease_owner, workspace_id, campaign_id in conn.execute(
-            _leases_statement(conn.dialect.name), {"ids": list(by_id)}
+        for message_id, lease_owner, workspace_id, campaign_id in _LEASES.execute(
+            conn, {"ids": list(by_id)}
         )
         if lease_owner == by_id[message_id].lease_owner
     ]
     if not applied:
         return 0
-    conn.execute(
-        _UPDATE_OUTCOME,
+    _UPDATE_OUTCOME.executemany(
+        conn,
         [
             {
                 "b_id": o.message_id,
@@ -282,7 +354,7 @@ def apply_outcomes(conn: Connection, outcomes: Sequence[Outcome]) -> int:
         for address, status, error in o.recipient_status
     ]
     if recipient_rows:
-        conn.execute(_UPDATE_RECIPIENT, recipient_rows)
+        _UPDATE_RECIPIENT.executemany(conn, recipient_rows)
     attempt_rows = [
         {
             "message_id": o.message_id,
@@ -297,7 +369,7 @@ def apply_outcomes(conn: Connection, outcomes: Sequence[Outcome]) -> int:
         for a in o.attempts
     ]
     if attempt_rows:
-        conn.execute(_INSERT_ATTEMPT, attempt_rows)
+        _INSERT_ATTEMPT.executemany(conn, attempt_rows)
     counters.on_outcomes(conn, applied)
     return len(applied)
 
@@ -324,14 +396,18 @@ def reap_expired(conn: Connection, now: datetime) -> int:
     )
 
 
-_NEXT_DUE = sa.select(sa.func.min(messages.c.next_attempt_at)).where(
-    messages.c.status.in_(("queued", "scheduled"))
+_NEXT_DUE = Direct(
+    sa.select(sa.func.min(messages.c.next_attempt_at)).where(
+        # Constants in the SQL text (no IN-list parameters to expand per call).
+        messages.c.status.in_([sa.literal_column("'queued'"), sa.literal_column("'scheduled'")])
+    ),
+    results=[messages.c.next_attempt_at],
 )
 
 
 def next_due(conn: Connection) -> datetime | None:
     """When the earliest waiting message becomes due (to sleep exactly that long)."""
-    value: datetime | None = conn.execute(_NEXT_DUE).scalar()
+    value: datetime | None = _NEXT_DUE.execute(conn)[0][0]
     if value is not None and value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return value

@@ -1,0 +1,216 @@
+"""Hot statements compiled once per dialect and run on the transaction's DBAPI cursor.
+
+``conn.execute(statement, rows)`` costs far more Python time than the database
+spends on a small indexed write: cache-key generation, the compiled cache,
+per-call bind processing set-up, the result machinery. The statements every
+accepted or delivered message runs are few and fixed, so :class:`Direct`
+compiles each once per dialect with SQLAlchemy itself (same SQL, same casts,
+same type processors, hence the same stored values: SQLite's DateTime strings,
+JSON text, PostgreSQL's JSONB) and then hands plain tuples to the DBAPI cursor
+of the caller's connection, inside the caller's transaction.
+
+Driver errors are re-raised as SQLAlchemy's ``DBAPIError`` (as ``conn.execute``
+would), so callers classify them (disk full, unavailable) exactly as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NoReturn
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.sql.expression import Executable
+
+Processor = Callable[[Any], Any] | None
+
+# A positional paramstyle per dialect, so rows go to the driver as tuples.
+_POSITIONAL = {"sqlite": "qmark", "postgresql": "format"}
+
+
+class _Shape:
+    """SQL text for one statement (and IN-list length), and how to build its parameters."""
+
+    def __init__(
+        self,
+        sql: str,
+        positiontup: Sequence[str],
+        binds: Mapping[str, Any],
+        expansion: Mapping[str, Sequence[str]],
+        dialect: Dialect,
+    ) -> None:
+        self.sql = sql
+        item_of = {
+            item: (name, i) for name, items in expansion.items() for i, item in enumerate(items)
+        }
+        # Per placeholder: the row key to read (None: a constant of the statement), the
+        # position in that key's list (IN lists), the type's bind processor, or the
+        # already processed constant.
+        self.binds: list[tuple[str | None, int | None, Processor, Any]] = []
+        for name in positiontup:
+            index: int | None = None
+            if name in item_of:
+                name, index = item_of[name]
+            bind = binds[name]
+            proc = bind.type._cached_bind_processor(dialect)
+            if bind.required or bind.expanding:
+                self.binds.append((name, index, proc, None))
+            else:
+                value = bind.effective_value
+                self.binds.append((None, None, None, proc(value) if proc else value))
+        self.keys = [name for name, _, _, _ in self.binds if name is not None]
+        self.simple = all(
+            name is not None and index is None and proc is None
+            for name, index, proc, _ in self.binds
+        )
+
+    def params(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
+        if self.simple:
+            return tuple([row[name] for name in self.keys])
+        values: list[Any] = []
+        for name, index, proc, const in self.binds:
+            if name is None:
+                values.append(const)
+                continue
+            value = row[name] if index is None else row[name][index]
+            values.append(proc(value) if proc else value)
+        return tuple(values)
+
+
+class _Plan:
+    """One dialect's compiled statement; its shapes (one, or one per IN-list length)."""
+
+    def __init__(
+        self,
+        statement: Any,
+        dialect: Dialect,
+        column_keys: Sequence[str] | None,
+        results: Sequence[Any],
+        many: bool,
+    ) -> None:
+        dialect_class: Any = type(dialect)
+        positional = dialect_class(paramstyle=_POSITIONAL[dialect.name])
+        kwargs: dict[str, Any] = {"for_executemany": True} if many else {}
+        if column_keys is not None:
+            kwargs["column_keys"] = list(column_keys)
+        compiled = statement.compile(dialect=positional, **kwargs)
+        if compiled.positiontup is None:
+            raise TypeError("a Direct statement needs a positional paramstyle")
+        self._compiled = compiled
+        self._dialect = dialect
+        self.results: list[Processor] = [
+            col.type._cached_result_processor(dialect, None) for col in results
+        ]
+        self.expanding = [n for n in compiled.positiontup if compiled.binds[n].expanding]
+        if len(self.expanding) > 1 or (self.expanding and many):
+            raise TypeError("a Direct statement takes at most one IN list, and not in executemany")
+        self._single: _Shape | None = None
+        self._by_length: dict[int, _Shape] = {}
+        if not self.expanding:
+            self._single = _Shape(
+                compiled.string, compiled.positiontup, compiled.binds, {}, dialect
+            )
+
+    def shape(self, row: Mapping[str, Any]) -> _Shape:
+        if self._single is not None:
+            return self._single
+        name = self.expanding[0]
+        length = len(row[name])
+        if not length:
+            raise ValueError(f"empty IN list {name!r}")
+        shape = self._by_length.get(length)
+        if shape is None:
+            expanded = self._compiled.construct_expanded_state({name: [None] * length})
+            shape = _Shape(
+                expanded.statement,
+                expanded.positiontup or (),
+                self._compiled.binds,
+                expanded.parameter_expansion,
+                self._dialect,
+            )
+            if len(self._by_length) < 1024:
+                self._by_length[length] = shape
+        return shape
+
+
+class Direct:
+    """A Core statement run straight on the DBAPI cursor (see the module doc).
+
+    ``build(dialect_name)`` returns the statement; its bind parameters must be
+    named (``sa.bindparam("x")``) and are read from each row mapping by name.
+    An INSERT without values takes ``column_keys``: the columns each row sets.
+    ``results`` are the columns a RETURNING or SELECT gives back, in order, so
+    their result processors (SQLite's DateTime parsing, UTC tzinfo) apply.
+    """
+
+    def __init__(
+        self,
+        build: Callable[[str], Executable] | Executable,
+        *,
+        column_keys: Sequence[str] | None = None,
+        results: Sequence[Any] = (),
+    ) -> None:
+        self._build = build
+        self._column_keys = None if column_keys is None else tuple(column_keys)
+        self._results = tuple(results)
+        self._plans: dict[tuple[type[Dialect], bool], _Plan] = {}
+
+    def plan(self, dialect: Dialect, many: bool = False) -> _Plan:
+        plan = self._plans.get((type(dialect), many))
+        if plan is None:
+            build = self._build
+            statement = build(dialect.name) if callable(build) else build
+            plan = _Plan(statement, dialect, self._column_keys, self._results, many)
+            self._plans[(type(dialect), many)] = plan
+        return plan
+
+    def execute(
+        self, conn: Connection, row: Mapping[str, Any] | None = None
+    ) -> list[tuple[Any, ...]]:
+        """Run once with ``row``; returns the processed result rows (empty without results)."""
+        plan = self.plan(conn.dialect)
+        shape = plan.shape(row or {})
+        params = shape.params(row or {})
+        cursor = _cursor(conn)
+        try:
+            cursor.execute(shape.sql, params)
+            rows = cursor.fetchall() if plan.results else []
+        except Exception as exc:
+            _reraise(conn, exc, shape.sql, params)
+        finally:
+            cursor.close()
+        if plan.results and rows:
+            procs = plan.results
+            if any(procs):
+                return [
+                    tuple([p(v) if p else v for p, v in zip(procs, r, strict=True)]) for r in rows
+                ]
+        return [tuple(r) for r in rows]
+
+    def executemany(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Run once per row (a driver executemany); no results."""
+        if not rows:
+            return
+        shape = self.plan(conn.dialect, many=True).shape({})
+        params = [shape.params(r) for r in rows]
+        cursor = _cursor(conn)
+        try:
+            cursor.executemany(shape.sql, params)
+        except Exception as exc:
+            _reraise(conn, exc, shape.sql, params)
+        finally:
+            cursor.close()
+
+
+def _cursor(conn: Connection) -> Any:
+    # The DBAPI connection of the transaction the caller is in.
+    return conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+
+
+def _reraise(conn: Connection, exc: Exception, sql: str, params: Any) -> NoReturn:
+    dbapi = conn.dialect.loaded_dbapi
+    if isinstance(exc, dbapi.Error):
+        raise sa.exc.DBAPIError.instance(
+            sql, params, exc, dbapi.Error, dialect=conn.dialect, ismulti=isinstance(params, list)
+        ) from exc
+    raise exc
