@@ -4,8 +4,9 @@
 commit to (``committer.run_batched(admit, Admission(...))``). Per batch it
 
 1. creates or touches the counter rows the batch needs and reads their counts
-   back, in one ``INSERT ... ON CONFLICT DO UPDATE ... RETURNING``, in key order
-   (on PostgreSQL that locks each row as ``SELECT ... FOR UPDATE`` would);
+   back, with ``INSERT ... ON CONFLICT DO UPDATE ... RETURNING``, one row after
+   the other in key order (on PostgreSQL that locks each row as
+   ``SELECT ... FOR UPDATE`` would);
 2. decides each message in arrival order, in memory: admitted only if every one
    of its windows has room for one more (all or nothing per message);
 3. adds each touched counter's total in one ``UPDATE`` executemany, and inserts
@@ -15,12 +16,11 @@ Why the counts stay exact: on PostgreSQL the row locks make a second daemon's
 batch wait for this transaction and then read the committed counts (READ
 COMMITTED re-evaluates a conflicting row after waiting on its lock); rows are
 locked in one global order, so two daemons queue instead of deadlocking. On
-SQLite the statement of step 1 takes the write lock before anything is read.
+SQLite the first statement of step 1 takes the write lock before anything is read.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -46,11 +46,10 @@ class Admission:
     buckets: tuple[Bucket, ...]
 
 
-@functools.cache
 def _lock_statement(dialect: str) -> Any:
-    """Create-or-touch counter rows and return their counts: one statement for a batch.
+    """Create-or-touch a counter row and return its count.
 
-    ``DO UPDATE SET count = count`` (not DO NOTHING) so that every row comes back
+    ``DO UPDATE SET count = count`` (not DO NOTHING) so that the row comes back
     through RETURNING, and on PostgreSQL the conflicting row is locked as by
     ``SELECT ... FOR UPDATE``, re-read after waiting for a concurrent transaction.
     """
@@ -58,9 +57,21 @@ def _lock_statement(dialect: str) -> Any:
     c = usage_counters.c
     return (
         insert(usage_counters)
+        .values(
+            key=sa.bindparam("b_key"),
+            window_start=sa.bindparam("b_start"),
+            count=0,
+            expires_at=sa.bindparam("b_expires"),
+        )
         .on_conflict_do_update(index_elements=[c.key, c.window_start], set_={"count": c.count})
         .returning(c.key, c.window_start, c.count)
     )
+
+
+_LOCK = Direct(
+    _lock_statement,
+    results=(usage_counters.c.key, usage_counters.c.window_start, usage_counters.c.count),
+)
 
 
 _ADD = Direct(
@@ -78,13 +89,13 @@ def lock_counters(conn: Connection, buckets: Sequence[Bucket]) -> dict[CounterKe
     distinct = {(b.key, b.window_start): b for b in buckets}
     if not distinct:
         return {}
-    rows = conn.execute(
-        _lock_statement(conn.dialect.name),
-        [
-            {"key": b.key, "window_start": b.window_start, "count": 0, "expires_at": b.expires_at}
-            for b in (distinct[key] for key in sorted(distinct))  # one lock order for all
-        ],
-    ).all()
+    rows = [
+        row
+        for b in (distinct[key] for key in sorted(distinct))  # one lock order for all
+        for row in _LOCK.execute(
+            conn, {"b_key": b.key, "b_start": b.window_start, "b_expires": b.expires_at}
+        )
+    ]
     found = {(key, start): int(count) for key, start, count in rows}
     missing = set(distinct) - set(found)
     if missing:  # never count from 0 by mistake
