@@ -35,9 +35,11 @@ def _sqlite_utc_datetime(value: datetime | None) -> str | None:
     """``UTCDateTime`` then SQLite's DATETIME processor, in one step: naive UTC text."""
     if value is None:
         return None
+    # isoformat: the zero-padded "%Y-%m-%d %H:%M:%S.%f" that SQLAlchemy stores.
+    if value.tzinfo is UTC:  # the usual case: only the "+00:00" to drop
+        return value.isoformat(" ", "microseconds")[:26]
     if value.tzinfo is not None:
         value = value.astimezone(UTC).replace(tzinfo=None)
-    # isoformat: the zero-padded "%Y-%m-%d %H:%M:%S.%f" that SQLAlchemy stores.
     return value.isoformat(" ", "microseconds")
 
 
@@ -60,6 +62,7 @@ _DATETIME_SAMPLES = (
     datetime(2026, 11, 21, 15, 0, 0, 123456, tzinfo=UTC),
     datetime(1, 2, 3, 4, 5, 6, 7, tzinfo=timezone(timedelta(hours=5, minutes=30))),
     datetime(2026, 1, 2, 3, 4, 5, 60),
+    datetime(1, 1, 1, tzinfo=UTC),
 )
 _JSON_SAMPLES: tuple[Any, ...] = ([], {}, [1, "é"], {"a": None}, None)
 
