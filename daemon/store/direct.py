@@ -15,6 +15,7 @@ would), so callers classify them (disk full, unavailable) exactly as before.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, NoReturn
@@ -117,23 +118,38 @@ class _Shape:
             else:
                 value = bind.effective_value
                 self.binds.append((None, None, None, proc(value) if proc else value))
-        self.keys = [name for name, _, _, _ in self.binds if name is not None]
-        self.simple = all(
-            name is not None and index is None and proc is None
-            for name, index, proc, _ in self.binds
-        )
+        # Every placeholder read from a row key (no constants, no IN list): one itemgetter
+        # call reads them all, then only the typed ones go through their processor.
+        self._getter: Callable[[Mapping[str, Any]], Any] | None = None
+        if self.binds and all(
+            name is not None and index is None for name, index, _, _ in self.binds
+        ):
+            keys = [str(name) for name, _, _, _ in self.binds]
+            self._getter = operator.itemgetter(*keys) if len(keys) > 1 else _one(keys[0])
+        self._procs: list[tuple[int, Callable[[Any], Any]]] = [
+            (i, proc) for i, (_, _, proc, _) in enumerate(self.binds) if proc is not None
+        ]
 
     def params(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
-        if self.simple:
-            return tuple([row[name] for name in self.keys])
-        values: list[Any] = []
-        for name, index, proc, const in self.binds:
+        if self._getter is not None:
+            if not self._procs:
+                return self._getter(row)  # type: ignore[no-any-return]
+            values = list(self._getter(row))
+            for i, proc in self._procs:
+                values[i] = proc(values[i])
+            return tuple(values)
+        out: list[Any] = []
+        for name, index, process, const in self.binds:
             if name is None:
-                values.append(const)
+                out.append(const)
                 continue
             value = row[name] if index is None else row[name][index]
-            values.append(proc(value) if proc else value)
-        return tuple(values)
+            out.append(process(value) if process is not None else value)
+        return tuple(out)
+
+
+def _one(key: str) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    return lambda row: (row[key],)
 
 
 class _Plan:
