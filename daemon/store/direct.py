@@ -9,8 +9,8 @@ same type processors, hence the same stored values: SQLite's DateTime strings,
 JSON text, PostgreSQL's JSONB) and then hands plain tuples to the DBAPI cursor
 of the caller's connection, inside the caller's transaction.
 
-Driver errors are re-raised as SQLAlchemy's ``DBAPIError`` (as ``conn.execute``
-would), so callers classify them (disk full, unavailable) exactly as before.
+Driver errors go through SQLAlchemy's own handler (``DBAPIError``, invalidation of
+a lost connection), so callers classify them (disk full, unavailable) as before.
 """
 
 from __future__ import annotations
@@ -251,7 +251,7 @@ class Direct:
             cursor.execute(shape.sql, params)
             rows = cursor.fetchall() if plan.results else []
         except Exception as exc:
-            _reraise(conn, exc, shape.sql, params)
+            _reraise(conn, exc, cursor, shape.sql, params)
         finally:
             cursor.close()
         if plan.results and rows:
@@ -272,7 +272,7 @@ class Direct:
         try:
             cursor.executemany(shape.sql, params)
         except Exception as exc:
-            _reraise(conn, exc, shape.sql, params)
+            _reraise(conn, exc, cursor, shape.sql, params)
         finally:
             cursor.close()
 
@@ -282,10 +282,8 @@ def _cursor(conn: Connection) -> Any:
     return conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
 
 
-def _reraise(conn: Connection, exc: Exception, sql: str, params: Any) -> NoReturn:
-    dbapi = conn.dialect.loaded_dbapi
-    if isinstance(exc, dbapi.Error):
-        raise sa.exc.DBAPIError.instance(
-            sql, params, exc, dbapi.Error, dialect=conn.dialect, ismulti=isinstance(params, list)
-        ) from exc
-    raise exc
+def _reraise(conn: Connection, exc: Exception, cursor: Any, sql: str, params: Any) -> NoReturn:
+    """Raise as ``conn.execute`` would: wrapped in ``DBAPIError``, a lost connection
+    invalidated, ``handle_error`` hooks run (SQLAlchemy's own handler, as
+    ``exec_driver_sql`` uses it; call it from the ``except`` block)."""
+    conn._handle_dbapi_exception(exc, sql, params, cursor, None)
