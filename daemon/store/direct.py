@@ -213,7 +213,8 @@ class Direct:
 
     ``build(dialect_name)`` returns the statement; its bind parameters must be
     named (``sa.bindparam("x")``) and are read from each row mapping by name.
-    An INSERT without values takes ``column_keys``: the columns each row sets.
+    With ``columns_from_rows`` (an INSERT without values) the columns are the keys
+    of the rows given, as SQLAlchemy's executemany takes them from the first row.
     ``results`` are the columns a RETURNING or SELECT gives back, in order, so
     their result processors (SQLite's DateTime parsing, UTC tzinfo) apply.
     """
@@ -222,28 +223,33 @@ class Direct:
         self,
         build: Callable[[str], Executable] | Executable,
         *,
-        column_keys: Sequence[str] | None = None,
+        columns_from_rows: bool = False,
         results: Sequence[Any] = (),
     ) -> None:
         self._build = build
-        self._column_keys = None if column_keys is None else tuple(column_keys)
+        self._columns_from_rows = columns_from_rows
         self._results = tuple(results)
-        self._plans: dict[tuple[type[Dialect], bool], _Plan] = {}
+        self._plans: dict[tuple[type[Dialect], bool, tuple[str, ...] | None], _Plan] = {}
 
-    def plan(self, dialect: Dialect, many: bool = False) -> _Plan:
-        plan = self._plans.get((type(dialect), many))
+    def plan(
+        self, dialect: Dialect, many: bool = False, row: Mapping[str, Any] | None = None
+    ) -> _Plan:
+        columns = tuple(row or ()) if self._columns_from_rows else None
+        key = (type(dialect), many, columns)
+        plan = self._plans.get(key)
         if plan is None:
             build = self._build
             statement = build(dialect.name) if callable(build) else build
-            plan = _Plan(statement, dialect, self._column_keys, self._results, many)
-            self._plans[(type(dialect), many)] = plan
+            plan = _Plan(statement, dialect, columns, self._results, many)
+            if len(self._plans) < 64:
+                self._plans[key] = plan
         return plan
 
     def execute(
         self, conn: Connection, row: Mapping[str, Any] | None = None
     ) -> list[tuple[Any, ...]]:
         """Run once with ``row``; returns the processed result rows (empty without results)."""
-        plan = self.plan(conn.dialect)
+        plan = self.plan(conn.dialect, row=row)
         shape = plan.shape(row or {})
         params = shape.params(row or {})
         cursor = _cursor(conn)
@@ -266,7 +272,7 @@ class Direct:
         """Run once per row (a driver executemany); no results."""
         if not rows:
             return
-        shape = self.plan(conn.dialect, many=True).shape({})
+        shape = self.plan(conn.dialect, many=True, row=rows[0]).shape({})
         params = [shape.params(r) for r in rows]
         cursor = _cursor(conn)
         try:

@@ -1,7 +1,8 @@
 """The durable queue: enqueue, claim with a lease, complete, retry, cancel, list.
 
 Functions take a Connection (inside the caller's transaction) or an Engine, and
-use SQLAlchemy Core bulk statements: these run on the SMTP and delivery hot paths.
+use SQLAlchemy Core bulk statements: these run on the SMTP and delivery hot paths,
+where the per-message ones go through :mod:`daemon.store.direct` (compiled once).
 """
 
 from __future__ import annotations
@@ -35,55 +36,10 @@ from daemon.store.models import (
 
 # Hot statements are built once: building a Core statement per call costs more
 # than running it (cache-key generation, coercions) on the ingest and delivery paths.
-_MESSAGE_KEYS = (
-    "id",
-    "uuid",
-    "workspace_id",
-    "campaign_id",
-    "user_id",
-    "source",
-    "mail_from",
-    "from_header",
-    "to_addrs",
-    "cc_addrs",
-    "bcc_addrs",
-    "subject",
-    "headers",
-    "attachments",
-    "metadata",
-    "priority",
-    "status",
-    "size",
-    "retry_count",
-    "max_retries",
-    "dsn_ret",
-    "dsn_envid",
-    "personalization",
-    "from_email_id",
-    "thread_id",
-    "queued_at",
-    "send_at",
-    "next_attempt_at",
-    "updated_at",
-)
-_INSERT_MESSAGE = Direct(messages.insert(), column_keys=_MESSAGE_KEYS)
-_INSERT_CONTENT = Direct(message_content.insert(), column_keys=("message_id", "raw"))
-_INSERT_RECIPIENT = Direct(
-    message_recipients.insert(),
-    column_keys=("message_id", "address", "status", "notify", "orcpt"),
-)
-_INSERT_ATTEMPT = Direct(
-    delivery_attempts.insert(),
-    column_keys=(
-        "message_id",
-        "attempted_at",
-        "provider",
-        "outcome",
-        "code",
-        "reply",
-        "duration_ms",
-    ),
-)
+_INSERT_MESSAGE = Direct(messages.insert(), columns_from_rows=True)
+_INSERT_CONTENT = Direct(message_content.insert(), columns_from_rows=True)
+_INSERT_RECIPIENT = Direct(message_recipients.insert(), columns_from_rows=True)
+_INSERT_ATTEMPT = Direct(delivery_attempts.insert(), columns_from_rows=True)
 
 
 def insert_messages(conn: Connection, batch: Sequence[NewMessage]) -> None:
