@@ -169,6 +169,11 @@ class Dispatcher:
                 if len(claimed) == want:
                     await asyncio.sleep(0)
                     continue
+                if self.service.wake.is_set():
+                    # New mail came in while claiming: the wait would end at once, so
+                    # the next due time (a database read) is not needed.
+                    await asyncio.sleep(0)
+                    continue
                 await self._wait(self.service.wake, await self._idle_time(interval))
             except asyncio.CancelledError:
                 raise
