@@ -163,8 +163,11 @@ class _Plan:
         results: Sequence[Any],
         many: bool,
     ) -> None:
-        dialect_class: Any = type(dialect)
-        positional = dialect_class(paramstyle=_POSITIONAL[dialect.name])
+        positional = dialect
+        if dialect.paramstyle != _POSITIONAL[dialect.name]:  # PostgreSQL: pyformat by default
+            dialect_class: Any = type(dialect)
+            positional = dialect_class(paramstyle=_POSITIONAL[dialect.name])
+            positional.server_version_info = dialect.server_version_info
         kwargs: dict[str, Any] = {"for_executemany": True} if many else {}
         if column_keys is not None:
             kwargs["column_keys"] = list(column_keys)
