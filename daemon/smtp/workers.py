@@ -1,9 +1,10 @@
 """SMTP worker processes (``smtp.workers = N > 1``): the daemon's side.
 
 One Python process serves SMTP on one core. With ``smtp.workers = N`` the daemon
-binds both SMTP ports itself, then starts N processes (``python -m
-daemon.smtp.worker``) that inherit the listening sockets; the kernel hands each
-new connection to whichever process accepts it first. Each worker runs the same
+binds both SMTP ports itself (bound, not listening: it holds the ports), then
+starts N processes (``python -m daemon.smtp.worker``), each inheriting listening
+sockets of its own on those ports (SO_REUSEPORT), so the kernel spreads new
+connections evenly over the workers. Each worker runs the same
 aiosmtpd session and handler as the in-process listener, with its own event
 loop, group committer and database connection, so a message is acknowledged
 only after its own commit, exactly as in one process (on SQLite the writers of
@@ -81,31 +82,66 @@ def decode(packet: bytes) -> list[tuple[Any, ...]]:
     return messages
 
 
-def bind_listeners(host: str, port: int) -> list[socket.socket]:
-    """Listening sockets for ``host:port`` (every address it resolves to, one port)."""
+def _socket(family: int, reuse_port: bool) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    return sock
+
+
+def bind_listeners(
+    host: str, port: int, listen: bool = True, reuse_port: bool = False
+) -> list[socket.socket]:
+    """Sockets bound to ``host:port`` (every address it resolves to, one port).
+
+    With ``listen=False`` and ``reuse_port`` they only hold the port: the kernel
+    hands connections to the listening sockets of the same SO_REUSEPORT group.
+    """
     infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     sockets: list[socket.socket] = []
     seen: set[Any] = set()
     try:
-        for family, kind, proto, _name, address in infos:
+        for family, _kind, _proto, _name, address in infos:
             if address[:2] in seen:
                 continue
             seen.add(address[:2])
-            sock = socket.socket(family, kind, proto)
+            sock = _socket(family, reuse_port)
             sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             if port == 0 and len(sockets) > 1:  # the same port on every address
                 address = (address[0], sockets[0].getsockname()[1], *address[2:])
             sock.bind(address)
-            sock.listen(1024)
+            if listen:
+                sock.listen(1024)
             sock.setblocking(False)
     except OSError as exc:
         for sock in sockets:
             sock.close()
         reason = f"SMTP cannot listen on {host}:{port}: {exc.strerror or exc}"
         raise OSError(exc.errno, reason) from None
+    return sockets
+
+
+def listen_beside(anchors: list[socket.socket]) -> list[socket.socket]:
+    """For one worker: listening sockets on the anchors' addresses (SO_REUSEPORT).
+
+    Each worker has its own, so the kernel spreads new connections evenly over
+    the workers instead of waking all of them for each one.
+    """
+    sockets: list[socket.socket] = []
+    try:
+        for anchor in anchors:
+            sock = _socket(anchor.family, reuse_port=True)
+            sockets.append(sock)
+            sock.bind(anchor.getsockname())
+            sock.listen(1024)
+            sock.setblocking(False)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
     return sockets
 
 
@@ -155,9 +191,9 @@ class WorkerPool:
         if not self.hostname:
             loop = asyncio.get_running_loop()
             self.hostname = await loop.run_in_executor(None, socket.getfqdn)
-        plain = bind_listeners(smtp.host, smtp.port)
+        plain = bind_listeners(smtp.host, smtp.port, listen=False, reuse_port=True)
         try:
-            tls = bind_listeners(smtp.host, smtp.tls_port)
+            tls = bind_listeners(smtp.host, smtp.tls_port, listen=False, reuse_port=True)
         except OSError:
             for sock in plain:
                 sock.close()
@@ -187,9 +223,9 @@ class WorkerPool:
     def _spawn(self, worker: _Worker) -> None:
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        fds = [theirs.fileno()]
-        fds += [s.fileno() for s in self._listeners[0]] + [-1]
-        fds += [s.fileno() for s in self._listeners[1]]
+        plain = listen_beside(self._listeners[0])
+        tls = listen_beside(self._listeners[1])
+        fds = [theirs.fileno(), *(s.fileno() for s in plain), -1, *(s.fileno() for s in tls)]
         argv = [sys.executable, "-m", "daemon.smtp.worker", str(worker.index), *map(str, fds)]
         try:
             process = subprocess.Popen(
@@ -199,7 +235,8 @@ class WorkerPool:
                 close_fds=True,
             )
         finally:
-            theirs.close()
+            for sock in (theirs, *plain, *tls):  # the worker has its own copies now
+                sock.close()
         ours.setblocking(False)
         worker.process = process
         worker.control = ours
