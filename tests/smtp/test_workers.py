@@ -72,6 +72,13 @@ def send(port: int, count: int, rcpt: str = "b@example.org") -> list[tuple[int, 
     return replies
 
 
+def parallel(clients: int, session: Callable[[], Any]) -> list[Any]:
+    """``session`` run by ``clients`` threads at once (call off the event loop: the
+    daemon under test runs on it and commits the workers' messages)."""
+    with ThreadPoolExecutor(clients) as threads:
+        return list(threads.map(lambda _: session(), range(clients)))
+
+
 def mail_reply(port: int) -> tuple[int, bytes]:
     with smtplib.SMTP(HOST, port, local_hostname="client.test", timeout=20) as client:
         client.ehlo()
@@ -112,8 +119,7 @@ async def test_workers_accept_durably_and_the_daemon_delivers(
     server = await start_server()
     pids = pool(server).pids
     assert len(pids) == 2 and os.getpid() not in pids
-    with ThreadPoolExecutor(8) as threads:
-        batches = list(threads.map(lambda _: send(server.smtp_port, 5), range(8)))
+    batches = await asyncio.to_thread(parallel, 8, lambda: send(server.smtp_port, 5))
     replies = [reply for batch in batches for reply in batch]
     assert all(
         code == 250 and text.startswith(b"2.0.0 Ok: queued as msg-") for code, text in replies
@@ -160,8 +166,7 @@ async def test_workers_follow_maintenance_mode(start_server: StartServer) -> Non
 
 async def test_workers_count_the_daily_quota_exactly(start_server: StartServer) -> None:
     server = await start_server(rate_limits={"global_daily": 7})
-    with ThreadPoolExecutor(6) as threads:
-        batches = list(threads.map(lambda _: send(server.smtp_port, 2), range(6)))
+    batches = await asyncio.to_thread(parallel, 6, lambda: send(server.smtp_port, 2))
     codes = [code for batch in batches for code, _ in batch]
     assert codes.count(250) == 7
     assert all(code == 452 for code in codes if code != 250)
