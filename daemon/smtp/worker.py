@@ -25,7 +25,7 @@ from daemon.core.maintenance import MaintenanceState
 from daemon.metrics import RelayMetrics
 from daemon.service import RelayService
 from daemon.smtp.listener import SmtpListeners
-from daemon.smtp.workers import PACKET, decode, encode
+from daemon.smtp.workers import PACKET, decode, encode, receive
 from daemon.store.engine import make_engine
 from daemon.tls import server_ssl_context
 
@@ -108,6 +108,7 @@ class Worker:
         self.grace = DEFAULT_GRACE
         self._stop: asyncio.Event | None = None
         self.service: RelayService | None = None
+        self._buffer = bytearray(PACKET)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -141,12 +142,9 @@ class Worker:
     def _readable(self) -> None:
         assert self._stop is not None and self.service is not None
         while True:
-            try:
-                packet = self.control.recv(PACKET)
-            except BlockingIOError:
+            packet = receive(self.control, self._buffer)
+            if packet is None:
                 return
-            except OSError:
-                packet = b""
             if not packet:  # the daemon went away
                 self._stop.set()
                 return
@@ -169,7 +167,7 @@ def main(argv: list[str]) -> int:
         [socket.socket(fileno=fd) for fd in rest[:split]],
         [socket.socket(fileno=fd) for fd in rest[split + 1 :]],
     )
-    packet = control.recv(PACKET)
+    packet = receive(control, bytearray(PACKET))
     if not packet:
         return 1
     init = decode(packet)[0]

@@ -92,6 +92,17 @@ def _socket(family: int, reuse_port: bool) -> socket.socket:
     return sock
 
 
+def receive(control: socket.socket, buffer: bytearray) -> bytes | None:
+    """One packet (b"" when the peer closed), or None when none is waiting."""
+    try:
+        size = control.recv_into(buffer)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
+    return bytes(memoryview(buffer)[:size])
+
+
 def bind_listeners(
     host: str, port: int, listen: bool = True, reuse_port: bool = False
 ) -> list[socket.socket]:
@@ -171,6 +182,7 @@ class WorkerPool:
         self._listeners: tuple[list[socket.socket], list[socket.socket]] = ([], [])
         self._workers: list[_Worker] = []
         self._stopping = False
+        self._buffer = bytearray(PACKET)
 
     @property
     def port(self) -> int:
@@ -258,12 +270,9 @@ class WorkerPool:
         if control is None:
             return
         while True:
-            try:
-                packet = control.recv(PACKET)
-            except BlockingIOError:
+            packet = receive(control, self._buffer)
+            if packet is None:
                 return
-            except OSError:
-                packet = b""
             if not packet:
                 self._lost(worker)
                 return
