@@ -543,7 +543,9 @@ def _merge(
     target: dict[str, Any], layer: Mapping[str, Any], origin: str, sources: dict[str, str]
 ) -> None:
     for key, value in layer.items():
-        if key == "providers" and isinstance(value, Mapping):
+        if key == "providers":
+            if not isinstance(value, Mapping):
+                raise ConfigError("providers", "must be a table of provider tables")
             providers = target.setdefault("providers", {})
             for pid, options in value.items():
                 if not isinstance(options, Mapping):

@@ -61,8 +61,12 @@ def _insert(tree: Layer, dotted: str, value: Any) -> None:
     if parts[0] == "providers" and len(parts) > 3:
         parts = [*parts[:2], ".".join(parts[2:])]
     node = tree
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
+    for index, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):  # {"queue": 1, "queue.batch_size": 2}
+            where = ".".join(parts[: index + 1])
+            raise ConfigError(dotted, f"conflicts with the value given for {where}")
+        node = child
     node[parts[-1]] = value
 
 

@@ -110,6 +110,8 @@ async def test_put_provider_weight_is_live_but_port_needs_restart(
         ({"providers": {"outbox": {"password": "x"}}}, "providers.outbox.password", "secrets"),
         ({"providers": {"nope": {"enabled": False}}}, "providers.nope.enabled", "no provider"),
         ({"rate_limits": {"default_plan": "gold"}}, "rate_limits.default_plan", "one of"),
+        ({"providers": "outbox"}, "providers", "expected"),
+        ({"queue": 1, "queue.batch_size": 2}, "queue.batch_size", "conflicts"),
         ([], "body", "JSON object"),
     ],
 )
