@@ -36,6 +36,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from aiosmtpd.smtp import AuthResult, LoginPassword, Session, TLSSetupException
@@ -85,8 +86,25 @@ def peer_ip(session: Session) -> str:
     return str(peer or "")
 
 
+_HOOK_NAMES: dict[type, list[str]] = {}
+
+
+def _hook_names(cls: type) -> list[str]:
+    names = _HOOK_NAMES.get(cls)
+    if names is None:
+        found = {n for base in cls.__mro__ for n in vars(base)}
+        names = _HOOK_NAMES[cls] = sorted(n for n in found if n.startswith(("handle_", "auth_")))
+    return names
+
+
 class RelayHandler:
     """aiosmtpd handler: relay permission, address policy, and durable enqueue on DATA."""
+
+    def __dir__(self) -> Iterable[str]:
+        # aiosmtpd lists and evaluates every attribute of its handler on each new
+        # connection, to find the hooks (handle_*, auth_*): name just those, known
+        # once per class, instead (about a quarter of a short session's set-up).
+        return _hook_names(type(self))
 
     def __init__(self, service: RelayService, hostname: str) -> None:
         self.service = service

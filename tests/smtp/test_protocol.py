@@ -224,4 +224,8 @@ async def test_session_command_tables_match_a_full_attribute_listing(
         assert sorted(getattr(quick, table)) == sorted(getattr(full, table)), table
     assert {"AUTH", "DATA", "EHLO", "MAIL", "RCPT", "STARTTLS"} <= set(quick._smtp_methods)
     assert set(quick._auth_methods) == {"LOGIN", "PLAIN"}
+    # The handler names its hooks the same way (its dir() lists just those).
+    hooks = {name for name in vars(type(handler)) if name.startswith("handle_")}
+    assert set(quick._handle_hooks) == {name.removeprefix("handle_") for name in hooks}
+    assert set(quick._handle_hooks) >= {"MAIL", "RCPT", "DATA"}
     assert len(dir(quick)) == len(dir(full)) > 50  # dir() is whole again after __init__
