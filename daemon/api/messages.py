@@ -34,7 +34,7 @@ from daemon.core.compose import (
     read_message,
     top_headers,
 )
-from daemon.core.ids import is_message_id, message_id, random_bytes
+from daemon.core.ids import is_message_id, message_id, uuid4
 from daemon.core.message import (
     CANCELLABLE_STATUSES,
     RETRYABLE_STATUSES,
@@ -137,16 +137,6 @@ async def read_body(request: Request, limit: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-# The RFC 4122 variant digit: the top two bits of the random digit become 10.
-_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
-
-
-def uuid4_text() -> str:
-    """``str(uuid.uuid4())``, from a pooled draw of the same random source."""
-    text = random_bytes(16).hex()
-    return f"{text[:8]}-{text[8:12]}-4{text[13:16]}-{_VARIANT[text[16]]}{text[17:20]}-{text[20:]}"
-
-
 def _new_message(
     send: SendRequest,
     raw: bytes,
@@ -159,7 +149,7 @@ def _new_message(
     scheduled = send.send_at is not None and send.send_at > now
     return NewMessage(
         id=queue_id,
-        uuid=uuid4_text(),
+        uuid=uuid4(),
         mail_from=send.mail_from,
         recipients=[Recipient(address) for address in send.recipients],
         raw=raw,
