@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,31 @@ async def sink(pipelining: bool) -> AsyncIterator[Sink]:
 def provider(port: int, **kwargs: object) -> SmtpProvider:
     kwargs.setdefault("timeout", 5.0)
     return SmtpProvider("up", "127.0.0.1", port, local_hostname="relay.test", **kwargs)  # type: ignore[arg-type]
+
+
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def scripted(serve: Script, **options: object) -> AsyncIterator[SmtpProvider]:
+    """A provider pointed at a scripted server on 127.0.0.1; both are closed afterwards."""
+    writers: list[asyncio.StreamWriter] = []
+
+    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        await serve(reader, writer)
+
+    server = await asyncio.start_server(session, "127.0.0.1", 0)
+    p = provider(server.sockets[0].getsockname()[1], **options)
+    try:
+        yield p
+    finally:
+        await p.close()
+        server.close()
+        await server.wait_closed()
+        for writer in writers:
+            writer.close()
+            await writer.wait_closed()
 
 
 def closed_port() -> int:
@@ -240,23 +266,11 @@ async def test_connection_refused_is_temporary() -> None:
 
 
 async def test_silent_server_times_out_as_temporary() -> None:
-    writers: list[asyncio.StreamWriter] = []
-
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writers.append(writer)  # never greets
+        pass  # never greets
 
-    server = await asyncio.start_server(silent, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    p = provider(port, timeout=0.3)
-    try:
+    async with scripted(silent, timeout=0.3) as p:
         result = await p.send(envelope())
-    finally:
-        await p.close()
-        server.close()
-        await server.wait_closed()
-        for writer in writers:
-            writer.close()
-            await writer.wait_closed()
     assert result.outcome == TEMPORARY
     assert "Timeout" in result.reply or "timed out" in result.reply.lower()
 
@@ -349,16 +363,9 @@ async def test_pipelined_group_goes_out_before_any_reply() -> None:
             writer.write(b"221 2.0.0 bye\r\n")
         writer.close()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
     raw = b"Subject: dots\r\n\r\n.\r\n.leading\r\nend\r\n"
-    p = provider(port)
-    try:
+    async with scripted(serve) as p:
         results = [await p.send(envelope("b@example.org", "c@example.org", raw=raw)) for _ in "12"]
-    finally:
-        await p.close()
-        server.close()
-        await server.wait_closed()
     group = (
         b"MAIL FROM:<a@example.com> SIZE=%d\r\nRCPT TO:<b@example.org>\r\n"
         b"RCPT TO:<c@example.org>\r\nDATA\r\n" % len(raw)
@@ -407,15 +414,8 @@ async def test_pipelined_and_lockstep_read_replies_alike(pipelining: bool) -> No
                 writer.write(b"250 ok\r\n")
         writer.close()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    p = provider(port)
-    try:
+    async with scripted(serve) as p:
         result = await p.send(envelope("odd@example.org", "ok@example.org", "busy@example.org"))
-    finally:
-        await p.close()
-        server.close()
-        await server.wait_closed()
     assert result.outcome == SENT, result
     assert result.provider_message_id == "Q1"
     assert result.reply == "250 first\n\n2.0.0 Ok: queued as <Q1>"
@@ -426,30 +426,18 @@ async def test_pipelined_and_lockstep_read_replies_alike(pipelining: bool) -> No
 
 
 async def test_pipelined_reply_that_never_comes_times_out() -> None:
-    writers: list[asyncio.StreamWriter] = []
-
     async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writers.append(writer)
         writer.write(b"220 scripted ESMTP\r\n")
         await reader.readline()
         writer.write(b"250-scripted\r\n250 PIPELINING\r\n")
         await reader.readuntil(b"DATA\r\n")
         writer.write(b"250 2.1.0 sender ok\r\n")  # and nothing for RCPT or DATA
 
-    server = await asyncio.start_server(stall, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    p = provider(port, timeout=0.3)
-    try:
+    async with scripted(stall, timeout=0.3) as p:
         result = await p.send(envelope())
-    finally:
-        await p.close()
-        server.close()
-        await server.wait_closed()
-        for writer in writers:
-            writer.close()
+        assert p.idle_connections == 0  # the timed-out session is dropped, not pooled
     assert result.outcome == TEMPORARY
     assert result.reply == "SMTPReadTimeoutError: Timed out waiting for server response"
-    assert p.idle_connections == 0
 
 
 async def test_connection_reuse_and_pool_bound(sink: Sink) -> None:
