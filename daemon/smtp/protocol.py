@@ -124,14 +124,21 @@ def _with_enhanced_code(reply: str) -> str:
     return f"{code}{reply[3]}{status} {text}" if text else f"{code}{reply[3]}{status}"
 
 
-_COMMAND_NAMES: dict[type, list[str]] = {}
+_NAMES: dict[tuple[type, tuple[str, ...]], list[str]] = {}
 
 
-def _command_names(cls: type) -> list[str]:
-    """The attributes aiosmtpd's ``__init__`` looks for: AUTH mechanisms and SMTP commands."""
-    names = _COMMAND_NAMES.get(cls)
+def names_for_aiosmtpd(cls: type, prefixes: tuple[str, ...]) -> list[str]:
+    """The attributes of ``cls`` starting with ``prefixes``, listed once per class.
+
+    aiosmtpd's ``SMTP.__init__`` lists and evaluates every attribute of the
+    session and of its handler on each new connection, to find the AUTH
+    mechanisms, SMTP commands and handler hooks; both classes answer ``dir()``
+    with just these names while that runs.
+    """
+    key = (cls, prefixes)
+    names = _NAMES.get(key)
     if names is None:
-        names = _COMMAND_NAMES[cls] = [n for n in dir(cls) if n.startswith(("auth_", "smtp_"))]
+        names = _NAMES[key] = sorted(n for n in dir(cls) if n.startswith(prefixes))
     return names
 
 
@@ -146,7 +153,7 @@ class RelaySMTP(SMTP):
 
     def __dir__(self) -> Iterable[str]:
         if self._listing_for_init:
-            return _command_names(type(self))
+            return names_for_aiosmtpd(type(self), ("auth_", "smtp_"))
         return super().__dir__()
 
     def __init__(
