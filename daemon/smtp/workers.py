@@ -315,7 +315,7 @@ class WorkerPool:
         """The worker's control socket closed: it exited (or is about to)."""
         self._close_control(worker)
         if worker.ready is not None and not worker.ready.done():
-            code = worker.process.wait() if worker.process is not None else None
+            code = self._reap(worker)
             reason = f"SMTP worker {worker.index} failed to start (exit code {code})"
             worker.ready.set_exception(OSError(errno.ECHILD, reason))
             return
@@ -324,16 +324,24 @@ class WorkerPool:
         loop = asyncio.get_running_loop()
         loop.call_later(RESTART_DELAY, self._restart, worker)
 
+    @staticmethod
+    def _reap(worker: _Worker) -> int | None:
+        """The exit code of a worker whose control socket closed, killing it if it lingers.
+
+        Without its control socket it can no longer be told anything; a kill makes
+        the wait short, so the daemon's event loop is never held up here.
+        """
+        process = worker.process
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.kill()
+        return process.wait()
+
     def _restart(self, worker: _Worker) -> None:
         if self._stopping or worker.control is not None:
             return
-        code = None
-        if worker.process is not None:
-            try:
-                code = worker.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                worker.process.kill()
-                code = worker.process.wait()
+        code = self._reap(worker)
         log.error("SMTP worker %d exited (code %s); starting it again", worker.index, code)
         self._spawn(worker)
 
