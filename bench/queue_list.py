@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import LOCALHOST, free_port
+from bench.common import LOCALHOST, free_port, stop_process
 from daemon.store import queue
 from daemon.store.engine import make_engine
 from daemon.store.migrate import upgrade
@@ -189,13 +188,8 @@ def main() -> None:
         verdict = "meets" if target < 50 else "MISSES"
         print(f"p95 of {URLS[0]}: {target:.1f} ms ({verdict} the 50 ms target)")
     finally:
-        if proc is not None and proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        if proc is not None:
+            stop_process(proc, timeout=30)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

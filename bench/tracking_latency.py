@@ -22,7 +22,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -32,6 +31,8 @@ import urllib.request
 from email import message_from_bytes
 from pathlib import Path
 from typing import Any
+
+from common import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -161,12 +162,7 @@ def main() -> None:
             f"campaign unique opened={stats['opened']} clicked={stats['clicked']}"
         )
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_process(server, timeout=30)
         shutil.rmtree(data, ignore_errors=True)
 
 
