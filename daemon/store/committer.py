@@ -4,6 +4,12 @@ Callers ``await committer.run(op)``; the future resolves only after the
 transaction holding ``op`` has committed (and, on SQLite with synchronous=FULL,
 been fsynced). Writes that arrive while a commit is in progress form the next
 batch, so under load one fsync covers many messages and nobody waits on a timer.
+
+Bookkeeping nobody is waiting on (delivery claims and results) may instead be
+submitted with ``within=seconds``: it joins the next commit anyone else starts,
+or starts one itself when that time is up. With SMTP served by worker processes
+this keeps the daemon's delivery writes from taking the SQLite writer lock
+(and an fsync) for every few messages while the workers need it for ingest.
 """
 
 from __future__ import annotations
@@ -78,6 +84,7 @@ class Committer:
         self._max_batch = max_batch
         self._pending: list[tuple[Op | _Batched, asyncio.Future[Any]]] = []
         self._wakeup: asyncio.Event | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-writer")
         self._closed = False
@@ -101,9 +108,13 @@ class Committer:
         self._wakeup = asyncio.Event()
         self._task = asyncio.create_task(self._loop(), name="group-commit")
 
-    async def run(self, op: Callable[[Connection], T]) -> T:
-        """Run ``op`` inside a batched transaction; returns once that transaction committed."""
-        return await self._submit(op)  # type: ignore[no-any-return]
+    async def run(self, op: Callable[[Connection], T], *, within: float = 0.0) -> T:
+        """Run ``op`` inside a batched transaction; returns once that transaction committed.
+
+        ``within``: seconds ``op`` may wait for another write's commit to join before
+        its own starts (0: commit at once).
+        """
+        return await self._submit(op, within)  # type: ignore[no-any-return]
 
     async def run_batched(self, fn: Callable[[Connection, list[ItemT]], list[T]], item: ItemT) -> T:
         """Like :meth:`run`, but every item for the same ``fn`` in a commit goes in one call.
@@ -111,15 +122,31 @@ class Committer:
         ``fn`` must return one result per item, in order. Hot paths (enqueue) use
         this so a commit of many messages costs a few executemany statements.
         """
-        return await self._submit(_Batched(fn, item))  # type: ignore[no-any-return]
+        return await self._submit(_Batched(fn, item), 0.0)  # type: ignore[no-any-return]
 
-    async def _submit(self, op: Op | _Batched) -> Any:
+    async def _submit(self, op: Op | _Batched, within: float) -> Any:
         if self._closed or self._wakeup is None:
             raise StoreError("the store is shutting down")
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
         self._pending.append((op, future))
-        self._wakeup.set()
+        if within <= 0:
+            self._wakeup.set()
+        elif self._timer is None or self._timer.when() > loop.time() + within:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = loop.call_later(within, self._time_up)
         return await future
+
+    def hurry(self) -> None:
+        """Commit what is waiting for a commit to join now (on the way to a stop)."""
+        if self._pending and self._wakeup is not None:
+            self._wakeup.set()
+
+    def _time_up(self) -> None:
+        self._timer = None
+        if self._wakeup is not None:
+            self._wakeup.set()
 
     async def _loop(self) -> None:
         assert self._wakeup is not None
@@ -127,6 +154,9 @@ class Committer:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
+            if self._pending and self._timer is not None:
+                self._timer.cancel()  # what waited for a commit joins this one
+                self._timer = None
             while self._pending:
                 batch = self._pending[: self._max_batch]
                 del self._pending[: self._max_batch]
@@ -179,6 +209,9 @@ class Committer:
     async def close(self) -> None:
         """Finish queued writes, then stop the writer thread."""
         self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._wakeup is not None:
             self._wakeup.set()
         if self._task is not None:

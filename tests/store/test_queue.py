@@ -196,6 +196,39 @@ async def test_group_commit_batches_concurrent_writes(engine: Engine) -> None:
         assert conn.execute(sa.select(sa.func.count()).select_from(delivery_attempts)).scalar() == 0
 
 
+async def test_a_write_given_time_joins_the_next_commit_or_commits_when_time_is_up(
+    engine: Engine,
+) -> None:
+    committer = Committer(engine)
+    await committer.start()
+    loop = asyncio.get_running_loop()
+    # Alone, it waits for its time, then commits by itself.
+    started = loop.time()
+    await committer.run(lambda c: queue.insert_messages(c, [new_message()]), within=0.2)
+    assert loop.time() - started >= 0.19
+    assert committer.commits == 1
+    # Another write's commit takes it along at once: one commit for both.
+    waiting = asyncio.ensure_future(
+        committer.run(lambda c: queue.insert_messages(c, [new_message()]), within=30.0)
+    )
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+    started = loop.time()
+    await committer.run(lambda c: queue.insert_messages(c, [new_message()]))
+    await asyncio.wait_for(waiting, 5.0)
+    assert loop.time() - started < 5.0
+    assert committer.commits == 2 and committer.ops == 3
+    # Closing writes whatever is still waiting, without waiting for its time.
+    last = asyncio.ensure_future(
+        committer.run(lambda c: queue.insert_messages(c, [new_message()]), within=30.0)
+    )
+    await asyncio.sleep(0)
+    await asyncio.wait_for(committer.close(), 5.0)
+    await last
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(messages)).scalar() == 4
+
+
 async def test_batched_writes_share_one_call_per_commit(engine: Engine) -> None:
     committer = Committer(engine)
     await committer.start()
