@@ -47,15 +47,18 @@ class Running:
     def __init__(self) -> None:
         self.items: list[tuple[Dispatcher, dict[str, Provider]]] = []
 
-    async def start(self, service: RelayService, seed: int = 1) -> Dispatcher:
+    async def start(
+        self, service: RelayService, seed: int = 1, write_within: float = 0.0
+    ) -> Dispatcher:
         providers = build_providers(service.config)
-        dispatcher = Dispatcher(service, providers, random.Random(seed))
+        dispatcher = Dispatcher(service, providers, random.Random(seed), write_within)
         await dispatcher.start()
         self.items.append((dispatcher, providers))
         return dispatcher
 
     async def close(self) -> None:
-        for dispatcher, providers in self.items:
+        items, self.items = self.items, []
+        for dispatcher, providers in items:
             await dispatcher.stop(1.0)
             for p in providers.values():
                 await p.close()
@@ -107,6 +110,30 @@ async def test_new_mail_wakes_the_workers_at_once(
     (msg,) = sink.messages
     assert msg.rcpt_tos == ["x@example.org", "y@example.org"]
     assert msg.data == RAW
+
+
+async def test_with_shared_writes_a_delivery_frees_its_slot_before_its_result_is_written(
+    engine: Engine, make_service: ServiceFactory, running: Running, sink: Sink
+) -> None:
+    """``write_within`` (SMTP in worker processes): claims and results wait for a commit
+    to join; a delivery's slot goes to the next one meanwhile, and stopping writes it."""
+    service = await make_service(queue={"concurrency": 1}, providers=sink_provider(sink))
+    mid = await service.enqueue(new_message())
+    dispatcher = await running.start(service, write_within=60.0)
+    await asyncio.sleep(0.3)
+    assert not sink.messages  # the claim waits for a commit to join...
+    await service.committer.run(lambda c: None)  # ...such as this one
+    deadline = asyncio.get_running_loop().time() + 5.0
+    while not sink.messages and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
+    assert len(sink.messages) == 1
+    await asyncio.sleep(0.1)
+    assert dispatcher.active == 0  # the slot is free...
+    with engine.connect() as conn:  # ...while the result still waits
+        assert queue.get_message(conn, mid).status == "processing"
+    await running.close()
+    with engine.connect() as conn:
+        assert queue.get_message(conn, mid).status == "sent"
 
 
 async def test_temporary_failures_back_off_then_fail(
