@@ -21,11 +21,22 @@ import binascii
 import collections
 import logging
 import re
+import types
 import typing
-from collections.abc import Iterable
+import weakref
+from collections.abc import Callable, Iterable
 from typing import Any, AnyStr
 
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
+from aiosmtpd.smtp import (
+    MISSING,
+    SMTP,
+    AuthResult,
+    Envelope,
+    LoginPassword,
+    Session,
+    _AuthMechAttr,
+    syntax,
+)
 
 from daemon.core.message import Recipient
 from daemon.core.relay import split_path
@@ -142,8 +153,63 @@ def names_for_aiosmtpd(cls: type, prefixes: tuple[str, ...]) -> list[str]:
     return names
 
 
+class _Template:
+    """What aiosmtpd's ``SMTP.__init__`` computed for one handler and set of options.
+
+    Everything it sets is the same for every connection of a listener except the
+    stream protocol's own state (a fresh StreamReader, futures, the transport) and
+    the methods bound to the session itself; those are made anew per connection.
+    """
+
+    def __init__(self, session: RelaySMTP, protocol_keys: frozenset[str]) -> None:
+        state = vars(session)
+        self.shared = {
+            k: v
+            for k, v in state.items()
+            if k not in protocol_keys and k not in ("_smtp_methods", "_auth_methods")
+        }
+        self.smtp_methods = {name: m.__func__ for name, m in session._smtp_methods.items()}
+        self.auth_methods = {
+            name: (_function(attr.method) if attr.is_builtin else attr.method, attr.is_builtin)
+            for name, attr in session._auth_methods.items()
+        }
+
+
+_PROTOCOL_KEYS: dict[type, frozenset[str]] = {}
+
+
+def _function(method: Any) -> Any:
+    """The plain function behind a method bound to a session."""
+    return method.__func__
+
+
+def _protocol_keys(cls: type[SMTP], loop: asyncio.AbstractEventLoop) -> frozenset[str]:
+    """The attributes ``asyncio.StreamReaderProtocol.__init__`` sets on a session."""
+    keys = _PROTOCOL_KEYS.get(cls)
+    if keys is None:
+        probe = object.__new__(cls)
+        asyncio.StreamReaderProtocol.__init__(
+            probe, asyncio.StreamReader(loop=loop), client_connected_cb=_no_client, loop=loop
+        )
+        keys = _PROTOCOL_KEYS[cls] = frozenset(vars(probe))
+    return keys
+
+
+def _no_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    return None
+
+
 class RelaySMTP(SMTP):
     """One SMTP session. Build it through :class:`daemon.smtp.listener.SmtpListeners`."""
+
+    # aiosmtpd's __init__ costs about 40 us per connection (inspect.getmembers, dir(),
+    # inspect.signature, a log line built whether logged or not), almost all of it the
+    # same for every connection of a listener: it runs once per handler and options,
+    # and later sessions copy what it set (see _Template; tests/smtp/test_protocol.py
+    # checks that a copied session equals one aiosmtpd built).
+    _templates: typing.ClassVar[weakref.WeakKeyDictionary[Any, dict[Any, _Template]]] = (
+        weakref.WeakKeyDictionary()
+    )
 
     # aiosmtpd's __init__ finds the AUTH mechanisms and SMTP commands by listing and
     # evaluating every attribute of the session (inspect.getmembers(self), dir(self)),
@@ -165,8 +231,39 @@ class RelaySMTP(SMTP):
         **kwargs: Any,
     ) -> None:
         # On the SMTPS port the whole session is TLS, so AUTH needs no STARTTLS first.
-        super().__init__(handler, auth_require_tls=not implicit_tls, **kwargs)
-        self._listing_for_init = False
+        kwargs["auth_require_tls"] = not implicit_tls
+        try:
+            key: Any = (type(self), tuple(sorted(kwargs.items())))
+            hash(key)
+        except TypeError:  # an unhashable option: no template
+            key = None
+        templates = self._templates.setdefault(handler, {}) if key is not None else {}
+        template = templates.get(key)
+        if template is None:
+            super().__init__(handler, **kwargs)
+            self._listing_for_init = False
+            if key is not None:
+                templates[key] = _Template(self, _protocol_keys(type(self), self.loop))
+        else:
+            self._from_template(template)
+        self._relay_init(implicit_tls, sessions)
+
+    def _from_template(self, template: _Template) -> None:
+        self.__dict__.update(template.shared)
+        asyncio.StreamReaderProtocol.__init__(
+            self,
+            asyncio.StreamReader(loop=self.loop, limit=self.line_length_limit),
+            client_connected_cb=self._cb_client_connected,
+            loop=self.loop,
+        )
+        bind: Callable[[Any], Any] = lambda func: types.MethodType(func, self)  # noqa: E731
+        self._smtp_methods = {name: bind(f) for name, f in template.smtp_methods.items()}
+        self._auth_methods = {
+            name: _AuthMechAttr(bind(m) if builtin else m, builtin)
+            for name, (m, builtin) in template.auth_methods.items()
+        }
+
+    def _relay_init(self, implicit_tls: bool, sessions: set[RelaySMTP] | None) -> None:
         self.implicit_tls = implicit_tls
         # aiosmtpd keeps these limits in a class-level dict shared by every session and
         # grows them on each EHLO; a per-session dict with room for DSN parameters instead.

@@ -214,7 +214,9 @@ async def test_session_command_tables_match_a_full_attribute_listing(
 
     handler = smtp_relay.listeners.handler
     loop = asyncio.get_running_loop()
+    RelaySMTP._templates.clear()  # both built by aiosmtpd's __init__, not copied
     quick = RelaySMTP(handler, hostname="relay.test", loop=loop)
+    RelaySMTP._templates.clear()
     RelaySMTP._listing_for_init = False
     try:
         full = RelaySMTP(handler, hostname="relay.test", loop=loop)
@@ -229,3 +231,62 @@ async def test_session_command_tables_match_a_full_attribute_listing(
     assert set(quick._handle_hooks) == {name.removeprefix("handle_") for name in hooks}
     assert set(quick._handle_hooks) >= {"MAIL", "RCPT", "DATA"}
     assert len(dir(quick)) == len(dir(full)) > 50  # dir() is whole again after __init__
+
+
+async def test_a_session_copied_from_its_template_equals_one_aiosmtpd_built(
+    smtp_relay: SmtpRelay,
+) -> None:
+    """Sessions after a listener's first copy what aiosmtpd's __init__ set for it; the copy
+    must hold the same state, with fresh stream state and methods bound to itself."""
+    import ssl
+
+    from daemon.smtp.protocol import RelaySMTP, _protocol_keys
+
+    handler = smtp_relay.listeners.handler
+    loop = asyncio.get_running_loop()
+    options = {
+        "hostname": "relay.test",
+        "ident": "ESMTP test",
+        "data_size_limit": 1000,
+        "timeout": 30.0,
+        "tls_context": ssl.create_default_context(ssl.Purpose.CLIENT_AUTH),
+        "loop": loop,
+    }
+    RelaySMTP._templates.clear()
+    built = RelaySMTP(handler, **options)  # type: ignore[arg-type]
+    copied = RelaySMTP(handler, **options)  # type: ignore[arg-type]
+    assert len(RelaySMTP._templates[handler]) == 1
+    other = RelaySMTP(handler, implicit_tls=True, **options)  # type: ignore[arg-type]
+    assert len(RelaySMTP._templates[handler]) == 2 and other._auth_require_tls is False
+    assert copied._auth_require_tls is True
+
+    protocol = _protocol_keys(RelaySMTP, loop)
+    assert vars(copied).keys() == vars(built).keys()
+    for key, value in vars(built).items():
+        mine = vars(copied)[key]
+        if key == "_smtp_methods":
+            assert {n: m.__func__ for n, m in mine.items()} == {
+                n: m.__func__ for n, m in value.items()
+            }
+            assert all(m.__self__ is copied for m in mine.values())
+        elif key == "_auth_methods":
+            assert mine.keys() == value.keys()
+            for name, attr in value.items():
+                assert mine[name].is_builtin == attr.is_builtin
+                if attr.is_builtin:
+                    assert mine[name].method.__func__ is attr.method.__func__
+                    assert mine[name].method.__self__ is copied
+                else:
+                    assert mine[name].method == attr.method
+        elif key == "_loop":
+            assert mine is value
+        elif key in protocol or key == "command_size_limits":
+            assert type(mine) is type(value), key
+            if hasattr(value, "__self__"):
+                assert mine.__self__ is copied, key
+            elif value is not None and not isinstance(value, bool | int):
+                assert mine is not value, key  # per connection, never shared
+        else:
+            assert mine == value, key
+    assert copied._stream_reader is not built._stream_reader
+    assert copied._stream_reader._limit == built._stream_reader._limit  # type: ignore[attr-defined]
