@@ -116,9 +116,10 @@ class SmtpConfig:
     tls_key: str = setting("", "PEM private key for tls_cert", _readable_file)
     workers: int = setting(
         1,
-        "SMTP processes: 1 serves SMTP in the daemon itself; N > 1 runs N worker processes"
-        " sharing the ports, each with its own event loop and database connection",
-        _positive,
+        "SMTP worker processes sharing the ports, each with its own event loop and"
+        " database connection, beside the daemon's delivery and API; 0 serves SMTP"
+        " in the daemon's own process",
+        _non_negative,
     )
 
 

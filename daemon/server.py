@@ -20,7 +20,7 @@ import uvicorn
 
 from daemon.api.app import create_app
 from daemon.config import Config
-from daemon.delivery.dispatcher import Dispatcher
+from daemon.delivery.dispatcher import SHARED_WRITER_DELAY, Dispatcher
 from daemon.delivery.webhooks import WebhookSender
 from daemon.jobs import Jobs
 from daemon.overrides import apply_runtime, restore
@@ -137,9 +137,14 @@ class Server:
         self.service.maintenance = maintenance
         await self.service.start()
         cert, key = ensure_certificate(config)
-        self.dispatcher = Dispatcher(self.service, build_providers(config))
+        # SMTP in worker processes: delivery's writes wait to share commits (see the constant).
+        self.dispatcher = Dispatcher(
+            self.service,
+            build_providers(config),
+            write_within=SHARED_WRITER_DELAY if config.smtp.workers > 0 else 0.0,
+        )
         await self.dispatcher.start()
-        if config.smtp.workers > 1:
+        if config.smtp.workers > 0:
             self.smtp = WorkerPool(config, self.service, str(cert), str(key), config.smtp.workers)
         else:
             self.smtp = SmtpListeners(config, self.service, server_ssl_context(cert, key))

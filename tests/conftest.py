@@ -82,7 +82,8 @@ def make_config(tmp_path: Path) -> ConfigFactory:
     def factory(database_url: str | None = None, **sections: Any) -> Config:
         layer: dict[str, Any] = {
             "data_dir": str(tmp_path / "data"),
-            "smtp": {"port": 0, "tls_port": 0, "hostname": "relay.test"},
+            # SMTP in the test process itself (tests/smtp/test_workers.py runs worker processes).
+            "smtp": {"port": 0, "tls_port": 0, "hostname": "relay.test", "workers": 0},
             "http": {"port": 0},
             "queue": {"process_interval": "1s", "retry_base": "1s", "retry_max": "2s"},
             "auth": {"admin_token": "test-admin-token"},

@@ -25,6 +25,8 @@ def test_defaults_match_the_design() -> None:
     assert list(config.providers) == ["outbox"]
     assert config.smtp.max_size == 26214400
     assert config.smtp.bare_newline == "reject"
+    assert config.smtp.workers == 1  # SMTP in one worker process; 0 keeps it in the daemon
+    assert load_config(env={"RELAY_SMTP_WORKERS": "0"}).smtp.workers == 0
 
 
 def test_precedence_file_env_flag_runtime(tmp_path: Path) -> None:
@@ -79,6 +81,7 @@ def test_provider_tables_and_env_override(tmp_path: Path) -> None:
         ('[queue]\nprocess_interval = "soon"\n', {}, "queue.process_interval", "not a duration"),
         ('[smtp]\ntrusted_networks = ["300.1.1.1"]\n', {}, "smtp.trusted_networks", "not an IP"),
         ('[smtp]\nbare_newline = "allow"\n', {}, "smtp.bare_newline", "must be one of"),
+        ("[smtp]\nworkers = -1\n", {}, "smtp.workers", "cannot be negative"),
         ('[smtp]\ntls_cert = "/nonexistent.pem"\n', {}, "smtp.tls_cert", "cannot read"),
         ("", {"RELAY_HTTP_PORT": "eighty"}, "http.port", "integer"),
         ('[providers.x]\ntype = "carrier-pigeon"\n', {}, "providers.x.type", "must be one of"),

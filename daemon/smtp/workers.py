@@ -1,4 +1,4 @@
-"""SMTP worker processes (``smtp.workers = N > 1``): the daemon's side.
+"""SMTP worker processes (``smtp.workers = N``, 1 by default): the daemon's side.
 
 One Python process serves SMTP on one core. With ``smtp.workers = N`` the daemon
 binds both SMTP ports itself (bound, not listening: it holds the ports), then
@@ -10,7 +10,8 @@ loop, group committer and database connection, so a message is acknowledged
 only after its own commit, exactly as in one process (on SQLite the writers of
 all processes take turns through one lock file: see
 :class:`daemon.store.committer.Committer`). The daemon keeps delivery, the HTTP
-API and the jobs.
+API and the jobs. Even one worker (the default) puts SMTP ingest and delivery on
+two cores; ``smtp.workers = 0`` serves SMTP in the daemon's own process instead.
 
 The daemon and each worker talk over a private ``SOCK_SEQPACKET`` socket pair,
 one pickled list of messages per packet:
