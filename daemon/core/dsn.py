@@ -1,6 +1,10 @@
-"""RFC 3464 delivery status notifications (bounces) for RFC 3461 DSN requests.
+"""RFC 3464 delivery status notifications for RFC 3461 DSN requests.
 
-Pure: the caller passes the time, the DSN's Message-ID and the reporting host.
+One builder for every kind the daemon sends: ``failed`` (a bounce), ``delayed``
+(a warning while retries go on) and ``relayed`` (a next hop that may not report
+DSNs accepted the message). Each DSN reports one kind; its subject and human
+text follow that kind. Pure: the caller passes the time, the DSN's Message-ID
+and the reporting host.
 ENVID and ORCPT are stored decoded (SMTP ingest undoes their xtext); they are
 written into the report as they are, and re-encoded only on the SMTP wire.
 """
@@ -25,6 +29,40 @@ _MAX_FIELD = 500
 
 DEFAULT_NOTIFY = ("FAILURE",)
 
+FAILED = "failed"
+DELAYED = "delayed"
+RELAYED = "relayed"
+
+_WARNING = "#" * 68
+# Per action: the subject, then the human text's paragraph after the greeting.
+_WORDING: dict[str, tuple[str, tuple[str, ...]]] = {
+    FAILED: (
+        "Undelivered Mail Returned to Sender",
+        (
+            "I'm sorry to have to inform you that your message could not",
+            "be delivered to one or more recipients. It's attached below.",
+        ),
+    ),
+    DELAYED: (
+        "Delayed Mail (still being retried)",
+        (
+            _WARNING,
+            "# THIS IS A WARNING ONLY.  YOU DO NOT NEED TO RESEND YOUR MESSAGE. #",
+            _WARNING,
+            "",
+            "Your message could not be delivered to one or more recipients yet;",
+            "delivery is still being retried.",
+        ),
+    ),
+    RELAYED: (
+        "Successful Mail Delivery Report",
+        (
+            "Your message was relayed to the destinations listed below. The next",
+            "system may not report on its delivery, so you may not hear more of it.",
+        ),
+    ),
+}
+
 
 @dataclass(frozen=True)
 class ReportedRecipient:
@@ -34,9 +72,10 @@ class ReportedRecipient:
     status: str  # enhanced status code, e.g. "5.1.1"
     diagnostic: str = ""  # the reply text, e.g. "550 5.1.1 No such user"
     orcpt: str | None = None
-    action: str = "failed"
+    action: str = FAILED
     remote_mta: str | None = None
     diagnostic_type: str = "smtp"
+    will_retry_until: datetime | None = None  # for "delayed": when retries stop
 
 
 def xtext_encode(value: str) -> str:
@@ -95,17 +134,33 @@ def _original_recipient(orcpt: str) -> str:
     return f"{addr_type.strip()};{address.strip()}"
 
 
+def _action(recipients: Sequence[ReportedRecipient]) -> str:
+    """The kind of report: one action for all, else the gravest (a failure outranks a delay).
+
+    An action without its own wording (e.g. "expanded") is worded as a failure.
+    """
+    actions = {r.action for r in recipients}
+    for action in (FAILED, DELAYED, RELAYED):
+        if action in actions:
+            return action
+    return FAILED
+
+
+def subject(recipients: Sequence[ReportedRecipient]) -> str:
+    """The Subject of the DSN reporting ``recipients``."""
+    return _WORDING[_action(recipients)][0]
+
+
 def _human_text(hostname: str, recipients: Sequence[ReportedRecipient]) -> str:
-    lines = [
-        f"This is the mail system at host {hostname}.",
-        "",
-        "I'm sorry to have to inform you that your message could not",
-        "be delivered to one or more recipients. It's attached below.",
-        "",
-    ]
+    lines = [f"This is the mail system at host {hostname}.", ""]
+    lines.extend(_WORDING[_action(recipients)][1])
+    lines.append("")
     for r in recipients:
         detail = _clean(r.diagnostic) or f"status {r.status}"
         lines.append(f"<{r.address}>: {detail}")
+    until = [r.will_retry_until for r in recipients if r.will_retry_until is not None]
+    if until:
+        lines.extend(["", f"Delivery will be retried until {format_datetime(max(until))}."])
     return "\n".join(lines) + "\n"
 
 
@@ -134,6 +189,8 @@ def _status_part(
         if r.diagnostic:
             block["Diagnostic-Code"] = f"{r.diagnostic_type}; {_clean(r.diagnostic)}"
         block["Last-Attempt-Date"] = format_datetime(now)
+        if r.will_retry_until is not None:
+            block["Will-Retry-Until"] = format_datetime(r.will_retry_until)
         blocks.append(block)
     part = EmailMessage(policy=policy.SMTP)
     part.set_type("message/delivery-status")
@@ -181,10 +238,12 @@ def build_dsn(
     envid: str | None = None,
     ret: str | None = None,
 ) -> bytes:
-    """The bounce for ``recipients`` of ``original``, addressed to ``mail_from``, CRLF bytes.
+    """The DSN for ``recipients`` of ``original``, addressed to ``mail_from``, CRLF bytes.
 
-    ``ret`` is the RET parameter: FULL returns the whole message, HDRS (the
-    default) only its header section. ``message_id`` is the bare id part
+    The recipients' actions say what it reports (all ``failed``, all
+    ``delayed`` or all ``relayed`` for the daemon's own DSNs). ``ret`` is the
+    RET parameter: FULL returns the whole message, HDRS (the default) only its
+    header section. ``message_id`` is the bare id part
     (without angle brackets or domain) and also seeds the MIME boundary.
     """
     if not recipients:
@@ -192,7 +251,7 @@ def build_dsn(
     outer = EmailMessage(policy=policy.SMTP)
     outer["From"] = f"Mail Delivery System <MAILER-DAEMON@{hostname}>"
     outer["To"] = mail_from
-    outer["Subject"] = "Undelivered Mail Returned to Sender"
+    outer["Subject"] = subject(recipients)
     outer["Date"] = format_datetime(now)
     outer["Message-ID"] = f"<{message_id}@{hostname}>"
     outer["Auto-Submitted"] = "auto-replied"

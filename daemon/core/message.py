@@ -85,6 +85,8 @@ class ClaimedMessage:
     queued_at: datetime
     # The envelope sender providers see (VERP, issue 7); bounces still go to mail_from.
     return_path: str | None = None
+    send_at: datetime | None = None
+    dsn_delayed: bool = False  # its one delay DSN (NOTIFY=DELAY) is already queued
 
 
 @dataclass(frozen=True)
@@ -114,3 +116,4 @@ class Outcome:
     error: str | None = None
     attempts: tuple[Attempt, ...] = ()
     recipient_status: tuple[tuple[str, str, str | None], ...] = ()  # (address, status, error)
+    dsn_delayed: bool = False  # the message's delay DSN is queued with this outcome

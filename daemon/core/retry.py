@@ -85,6 +85,33 @@ def backoff(retry: int, base: float, cap: float, rng: random.Random) -> float:
     return delay / 2 + rng.random() * delay / 2
 
 
+def retries_end(
+    next_attempt_at: datetime, retry_count: int, max_retries: int, base: float, cap: float
+) -> datetime | None:
+    """The latest time a message's last retry can come, its next one being due at
+    ``next_attempt_at`` with ``retry_count`` retries used (that one included).
+
+    Each later retry waits at most its whole backoff (jitter only shortens it).
+    None when that time is past what a datetime can hold.
+    """
+    total = 0.0
+    for retry in range(max(retry_count, 0), max_retries):
+        if base <= 0:
+            break
+        delay = base * float(1 << min(retry, 62))
+        if cap > 0 and delay >= cap:
+            total += cap * (max_retries - retry)  # every later delay is the cap
+            break
+        if retry >= 62:
+            total += delay * (max_retries - retry)  # the exponent stops growing
+            break
+        total += delay
+    try:
+        return next_attempt_at + timedelta(seconds=total)
+    except OverflowError:
+        return None
+
+
 @dataclass(frozen=True)
 class Decision:
     """The status a message moves to after one delivery round."""

@@ -9,6 +9,9 @@ provider; a permanent refusal of a recipient does not. When no provider could
 even be tried (all down or limited) the message waits for the first one to free
 up without using one of its retries; it is requeued with ``ALL_PROVIDERS_DOWN``
 (or the rate limit) as its error.
+
+The round also decides which DSNs the sender asked for (:mod:`daemon.delivery.reports`);
+they go back with its outcome, to be queued in the same transaction.
 """
 
 from __future__ import annotations
@@ -16,18 +19,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import socket
 import time
-import uuid
 from collections.abc import Coroutine, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from daemon.config import Config
-from daemon.core import dsn, retry, routing, suppression
-from daemon.core.ids import message_id
+from daemon.core import retry, routing, suppression
+from daemon.core.dsn import ReportedRecipient
 from daemon.core.message import Attempt, ClaimedMessage, NewMessage, Outcome, Recipient
+from daemon.delivery import reports
+from daemon.delivery.reports import Answer
 from daemon.providers.base import DeliveryResult, Envelope, Provider, RecipientResult
 from daemon.providers.health import BREAKER_OPEN, Admission
 from daemon.service import RelayService
@@ -37,14 +39,8 @@ log = logging.getLogger("relayd.delivery")
 
 ALL_PROVIDERS_DOWN = WAITING_PREFIX
 
-
-@dataclass(frozen=True)
-class Failure:
-    """A recipient that will not be delivered (yet), with the reply that says why."""
-
-    recipient: Recipient
-    result: RecipientResult
-    remote: str | None
+# The DSNs a round's outcome brings with it (none, or one per kind of event).
+Notices = tuple[NewMessage, ...]
 
 
 class Deliverer:
@@ -65,7 +61,7 @@ class Deliverer:
 
     def run(
         self, message: ClaimedMessage, suppressed: suppression.Suppressed = ()
-    ) -> Coroutine[Any, Any, tuple[Outcome, NewMessage | None]]:
+    ) -> Coroutine[Any, Any, tuple[Outcome, Notices]]:
         """Deliver to the recipients that are not suppressed; record the suppressed ones."""
         if not suppressed:
             # No wrapper coroutine: each resumption of the provider call crosses one frame less.
@@ -74,18 +70,18 @@ class Deliverer:
 
     async def _run_suppressed(
         self, message: ClaimedMessage, suppressed: suppression.Suppressed
-    ) -> tuple[Outcome, NewMessage | None]:
+    ) -> tuple[Outcome, Notices]:
         if not message.recipients:
-            return suppression.all_suppressed(message, suppressed, self.service.clock()), None
-        outcome, bounce = await self.attempt(message)
-        return suppression.merge(outcome, suppressed), bounce
+            return suppression.all_suppressed(message, suppressed, self.service.clock()), ()
+        outcome, notices = await self.attempt(message)
+        return suppression.merge(outcome, suppressed), notices
 
-    async def attempt(self, message: ClaimedMessage) -> tuple[Outcome, NewMessage | None]:
+    async def attempt(self, message: ClaimedMessage) -> tuple[Outcome, Notices]:
         """Try the routed providers in order; fail over on temporary and auth failures."""
         config = self.config
         if not message.recipients:
             # Every recipient already has a final status; nothing is left to send.
-            return _finished_without_recipients(message, self.service.clock()), None
+            return _finished_without_recipients(message, self.service.clock()), ()
         order = self._routes.order(
             config.providers, message.workspace_id, self.rng, available=self.providers
         )
@@ -93,8 +89,9 @@ class Deliverer:
         remaining = list(message.recipients)
         attempts: list[Attempt] = []
         statuses: list[tuple[str, str, str | None]] = []
-        failures: list[Failure] = []
-        deferred: dict[str, Failure] = {}
+        failures: list[Answer] = []
+        accepted: list[Answer] = []
+        deferred: dict[str, Answer] = {}
         skipped: list[tuple[str, Admission]] = []
         sent_via: str | None = None
         provider_message_id: str | None = None
@@ -136,34 +133,37 @@ class Deliverer:
                 if rr.outcome == retry.SENT:
                     statuses.append((rcpt.address, "sent", None))
                     sent_via, provider_message_id = pid, result.provider_message_id
+                    if rcpt.notify:  # no NOTIFY: no success DSN, nothing to keep
+                        accepted.append(Answer(rcpt, rr, result.remote, result.dsn_relayed))
                 elif rr.outcome == retry.PERMANENT:
-                    failures.append(Failure(rcpt, rr, result.remote))
+                    failures.append(Answer(rcpt, rr, result.remote))
                 else:
                     still.append(rcpt)
-                    deferred[rcpt.address] = Failure(rcpt, rr, result.remote)
+                    deferred[rcpt.address] = Answer(rcpt, rr, result.remote)
                     if rr.outcome == retry.TEMPORARY:
                         only_auth_errors = False
             remaining = still
 
         now = self.service.clock()
         if order and not attempts:
-            return self._wait(message, skipped, now), None
+            return self._wait(message, skipped, now), ()
         if not order:
             reply = f"no enabled provider for workspace {message.workspace_id!r}"
             attempts.append(Attempt("none", retry.TEMPORARY, now, None, reply))
             for rcpt in remaining:
-                deferred[rcpt.address] = Failure(
+                deferred[rcpt.address] = Answer(
                     rcpt, RecipientResult(rcpt.address, retry.TEMPORARY, None, reply), None
                 )
 
         retry_count = message.retry_count
         next_attempt_at: datetime | None = None
+        max_retries = retry.effective_max_retries(message.max_retries, config.queue.max_retries)
         if remaining:
             kind = retry.AUTH_ERROR if only_auth_errors else retry.TEMPORARY
             decision = retry.decide(
                 kind,
                 message.retry_count,
-                retry.effective_max_retries(message.max_retries, config.queue.max_retries),
+                max_retries,
                 now,
                 config.queue.retry_base.seconds,
                 config.queue.retry_max.seconds,
@@ -188,6 +188,27 @@ class Deliverer:
             error = _error_text([*failures, *still_deferred])
         else:
             error = None  # what _error_text says of no failure
+        delayed: list[ReportedRecipient] = []
+        if next_attempt_at is not None and reports.delay_due(
+            message, now, config.queue.delay_warning.seconds
+        ):
+            until = retry.retries_end(
+                next_attempt_at,
+                retry_count,
+                max_retries,
+                config.queue.retry_base.seconds,
+                config.queue.retry_max.seconds,
+            )
+            delayed = reports.delayed([deferred[r.address] for r in remaining], until)
+        notices = tuple(
+            n
+            for n in (
+                reports.notice(config, message, reports.failed(failures), now),
+                reports.notice(config, message, delayed, now),
+                reports.notice(config, message, reports.relayed(accepted), now),
+            )
+            if n is not None
+        )
         outcome = Outcome(
             message_id=message.id,
             lease_owner=message.lease_owner,
@@ -200,8 +221,9 @@ class Deliverer:
             error=error,
             attempts=tuple(attempts),
             recipient_status=tuple(statuses),
+            dsn_delayed=bool(delayed),
         )
-        return outcome, (self._bounce(message, failures, now) if failures else None)
+        return outcome, notices
 
     def _wait(
         self, message: ClaimedMessage, skipped: Sequence[tuple[str, Admission]], now: datetime
@@ -223,56 +245,6 @@ class Deliverer:
             error=error,
         )
 
-    def _bounce(
-        self, message: ClaimedMessage, failures: Sequence[Failure], now: datetime
-    ) -> NewMessage | None:
-        """The DSN for recipients that failed for good, if the sender and NOTIFY want one."""
-        if not dsn.may_bounce(message.mail_from):
-            return None
-        reported = [
-            dsn.ReportedRecipient(
-                address=f.recipient.address,
-                status=dsn.status_code(f.result.code, f.result.reply, f.result.outcome),
-                diagnostic=f.result.reply,
-                orcpt=f.recipient.orcpt,
-                remote_mta=f.remote,
-            )
-            for f in failures
-            if dsn.wants_report(f.recipient.notify, "failure")
-        ]
-        if not reported:
-            return None
-        hostname = self.config.smtp.hostname or socket.getfqdn()
-        bounce_id = message_id(int(now.timestamp() * 1000))
-        raw = dsn.build_dsn(
-            original=message.raw,
-            mail_from=message.mail_from,
-            recipients=reported,
-            hostname=hostname,
-            arrival=message.queued_at,
-            now=now,
-            message_id=bounce_id,
-            envid=message.dsn_envid,
-            ret=message.dsn_ret,
-        )
-        return NewMessage(
-            id=bounce_id,
-            uuid=str(uuid.uuid4()),
-            mail_from="",
-            recipients=[Recipient(message.mail_from)],
-            raw=raw,
-            queued_at=now,
-            next_attempt_at=now,
-            workspace_id=message.workspace_id,
-            campaign_id=message.campaign_id,
-            source="dsn",
-            from_header=f"MAILER-DAEMON@{hostname}",
-            to=[message.mail_from],
-            subject="Undelivered Mail Returned to Sender",
-            headers={"Message-ID": f"<{bounce_id}@{hostname}>"},
-            metadata={"dsn_for": message.id},
-        )
-
 
 def _finished_without_recipients(message: ClaimedMessage, now: datetime) -> Outcome:
     return Outcome(
@@ -285,6 +257,6 @@ def _finished_without_recipients(message: ClaimedMessage, now: datetime) -> Outc
     )
 
 
-def _error_text(failures: Sequence[Failure]) -> str | None:
+def _error_text(failures: Sequence[Answer]) -> str | None:
     parts = [f"{f.recipient.address}: {f.result.reply}" for f in failures]
     return "; ".join(parts)[:2000] if parts else None

@@ -4,7 +4,7 @@ Each message's delivery round (routing, failover, retry decision, bounce) is
 :mod:`daemon.delivery.attempt`. One loop claims batches (woken at once by new
 mail, else at the next due time or the fallback poll); each message is delivered
 in its own task, bounded by ``queue.concurrency``; results are written back in
-batches through the group committer, together with any bounce (DSN) they cause.
+batches through the group committer, together with any DSNs they cause.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ SHARED_WRITER_DELAY = 0.02
 @dataclass
 class _Pending:
     outcome: Outcome
-    bounce: NewMessage | None
+    notices: tuple[NewMessage, ...]  # the DSNs the outcome causes
     done: asyncio.Future[None]
 
 
@@ -260,7 +260,7 @@ class Dispatcher:
         try:
             # Tracking, List-Unsubscribe and VERP: rewritten once, before the first attempt.
             message = await self.service.engagement.prepare(message)
-            outcome, bounce = await self.deliverer.run(
+            outcome, notices = await self.deliverer.run(
                 message, self._suppressed.pop(message.id, ())
             )
         except asyncio.CancelledError:
@@ -269,7 +269,7 @@ class Dispatcher:
             log.exception("delivery of %s crashed; its lease will expire", message.id)
             return
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(outcome, bounce, done))
+        self._pending.append(_Pending(outcome, notices, done))
         self._flush_wakeup.set()
         self._recorded_later()
         try:
@@ -338,20 +338,20 @@ def _claim_batch(
 
 
 def _apply(conn: Connection, batch: Sequence[_Pending]) -> bool:
-    """Apply outcomes; a bounce is queued in the same transaction as its failure.
+    """Apply outcomes; DSNs are queued in the same transaction as the outcome causing them.
 
     The providers' running counters move in the same transaction as the attempts.
     """
     if batch:
         day = batch[0].outcome.processed_at.date().isoformat()
         provider_store.count_attempts(conn, (a for p in batch for a in p.outcome.attempts), day)
-    plain = [p.outcome for p in batch if p.bounce is None]
+    plain = [p.outcome for p in batch if not p.notices]
     queue.apply_outcomes(conn, plain)
     wake = any(o.status == "queued" for o in plain)
     for item in batch:
-        if item.bounce is None:
+        if not item.notices:
             continue
         if queue.apply_outcomes(conn, [item.outcome]) == 1:
-            queue.insert_messages(conn, [item.bounce])
+            queue.insert_messages(conn, item.notices)
             wake = True
     return wake

@@ -83,6 +83,8 @@ class Message(SQLModel, table=True):
     max_retries: int | None = Field(default=None)
     dsn_ret: str | None = Field(default=None, max_length=4)
     dsn_envid: str | None = Field(default=None, max_length=100)
+    # When the one delay DSN (NOTIFY=DELAY) was queued; None: not yet (migration 0008).
+    dsn_delayed_at: datetime | None = _dt()
     personalization: dict[str, Any] | None = Field(
         default=None, sa_column=sa.Column(JSONType, nullable=True)
     )

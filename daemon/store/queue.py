@@ -118,6 +118,8 @@ _CLAIM_RETURNING = (
     messages.c.queued_at,
     messages.c.priority,
     messages.c.next_attempt_at,
+    messages.c.send_at,
+    messages.c.dsn_delayed_at,
 )
 _CONTENT_COLUMNS = (message_content.c.message_id, message_content.c.raw)
 _CLAIM_CONTENT = Direct(
@@ -205,6 +207,8 @@ def claim(
             dsn_envid=dsn_envid,
             lease_owner=owner,
             queued_at=queued_at,
+            send_at=send_at,
+            dsn_delayed=dsn_delayed_at is not None,
         )
         for (
             id_,
@@ -218,6 +222,8 @@ def claim(
             queued_at,
             _,
             _,
+            send_at,
+            dsn_delayed_at,
         ) in rows
     ]
 
@@ -237,6 +243,12 @@ _UPDATE_OUTCOME = Direct(
         lease_owner=None,
         lease_until=None,
     )
+)
+# Rare (one delay DSN per message at most): plain SQLAlchemy, not a Direct statement.
+_MARK_DSN_DELAYED = (
+    messages.update()
+    .where(messages.c.id == sa.bindparam("b_id"))
+    .values(dsn_delayed_at=sa.bindparam("b_at"))
 )
 _UPDATE_RECIPIENT = Direct(
     message_recipients.update()
@@ -304,6 +316,11 @@ def apply_outcomes(conn: Connection, outcomes: Sequence[Outcome]) -> int:
             for o, _, _ in applied
         ],
     )
+    delayed = [
+        {"b_id": o.message_id, "b_at": o.processed_at} for o, _, _ in applied if o.dsn_delayed
+    ]
+    if delayed:
+        conn.execute(_MARK_DSN_DELAYED, delayed)
     recipient_rows = [
         {"b_message_id": o.message_id, "b_address": address, "b_status": status, "b_error": error}
         for o, _, _ in applied

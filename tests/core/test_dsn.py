@@ -14,6 +14,7 @@ from daemon.core.dsn import (
     build_dsn,
     may_bounce,
     status_code,
+    subject,
     wants_report,
     xtext_encode,
 )
@@ -187,3 +188,103 @@ def test_long_diagnostics_are_cut() -> None:
 def test_needs_a_recipient() -> None:
     with pytest.raises(ValueError, match="at least one recipient"):
         build(recipients=[])
+
+
+RELAYED = ReportedRecipient(
+    "x@example.org",
+    "2.0.0",
+    "250 2.0.0 Ok: queued as 4Zx",
+    orcpt="rfc822;x@example.org",
+    action="relayed",
+    remote_mta="mx.example.org",
+)
+UNTIL = datetime(2026, 1, 2, 11, 30, 0, tzinfo=UTC)
+DELAYED = ReportedRecipient(
+    "slow@example.org",
+    "4.3.0",
+    "451 4.3.0 try later",
+    orcpt="rfc822;Slow@example.org",
+    action="delayed",
+    remote_mta="mx.example.org",
+    will_retry_until=UNTIL,
+)
+
+
+@pytest.mark.parametrize(
+    ("ret", "returned_type"), [(None, "text/rfc822-headers"), ("FULL", "message/rfc822")]
+)
+def test_relayed_report(ret: str | None, returned_type: str) -> None:
+    raw = build(recipients=[RELAYED], envid="abc", ret=ret)
+    msg = parse(raw)
+    assert msg["Subject"] == "Successful Mail Delivery Report"
+    assert msg["To"] == "a@example.com"
+    assert msg.get_param("report-type") == "delivery-status"
+    human, status, returned = msg.iter_parts()
+    assert "was relayed" in human.get_content()
+    assert "<x@example.org>: 250 2.0.0 Ok: queued as 4Zx" in human.get_content()
+    per_message, per_rcpt = status.get_payload()
+    assert per_message.items() == [
+        ("Reporting-MTA", "dns; relay.test"),
+        ("Original-Envelope-Id", "abc"),
+        ("Arrival-Date", "Fri, 02 Jan 2026 03:04:05 +0000"),
+    ]
+    assert per_rcpt.items() == [
+        ("Original-Recipient", "rfc822;x@example.org"),
+        ("Final-Recipient", "rfc822; x@example.org"),
+        ("Action", "relayed"),
+        ("Status", "2.0.0"),
+        ("Remote-MTA", "dns; mx.example.org"),
+        ("Diagnostic-Code", "smtp; 250 2.0.0 Ok: queued as 4Zx"),
+        ("Last-Attempt-Date", "Fri, 02 Jan 2026 04:00:00 +0000"),
+    ]
+    assert returned.get_content_type() == returned_type
+    assert (ORIGINAL in raw) is (ret == "FULL")
+
+
+@pytest.mark.parametrize(
+    ("ret", "returned_type"), [("HDRS", "text/rfc822-headers"), ("FULL", "message/rfc822")]
+)
+def test_delayed_report(ret: str, returned_type: str) -> None:
+    raw = build(recipients=[DELAYED], envid="ENV 7", ret=ret)
+    msg = parse(raw)
+    assert msg["Subject"] == "Delayed Mail (still being retried)"
+    human, status, returned = msg.iter_parts()
+    text = human.get_content()
+    assert "THIS IS A WARNING ONLY" in text
+    assert "<slow@example.org>: 451 4.3.0 try later" in text
+    assert "retried until Fri, 02 Jan 2026 11:30:00 +0000" in text
+    per_message, per_rcpt = status.get_payload()
+    assert per_message["Original-Envelope-Id"] == "ENV 7"
+    assert per_rcpt.items() == [
+        ("Original-Recipient", "rfc822;Slow@example.org"),
+        ("Final-Recipient", "rfc822; slow@example.org"),
+        ("Action", "delayed"),
+        ("Status", "4.3.0"),
+        ("Remote-MTA", "dns; mx.example.org"),
+        ("Diagnostic-Code", "smtp; 451 4.3.0 try later"),
+        ("Last-Attempt-Date", "Fri, 02 Jan 2026 04:00:00 +0000"),
+        ("Will-Retry-Until", "Fri, 02 Jan 2026 11:30:00 +0000"),
+    ]
+    assert returned.get_content_type() == returned_type
+    assert (b"line one" in raw) is (ret == "FULL")
+
+
+def test_delayed_without_a_give_up_time_leaves_will_retry_until_out() -> None:
+    unknown = ReportedRecipient("slow@example.org", "4.4.1", action="delayed")
+    msg = parse(build(recipients=[unknown]))
+    human, status, _ = msg.iter_parts()
+    per_rcpt = status.get_payload()[1]
+    assert per_rcpt["Will-Retry-Until"] is None
+    assert per_rcpt["Diagnostic-Code"] is None
+    assert (per_rcpt["Action"], per_rcpt["Status"]) == ("delayed", "4.4.1")
+    assert "retried until" not in human.get_content()
+    assert "<slow@example.org>: status 4.4.1" in human.get_content()
+
+
+def test_failure_report_keeps_its_wording() -> None:
+    msg = parse(build())
+    assert msg["Subject"] == "Undelivered Mail Returned to Sender"
+    assert "could not" in next(msg.iter_parts()).get_content()
+    assert subject([GONE]) == "Undelivered Mail Returned to Sender"
+    assert subject([RELAYED]) == "Successful Mail Delivery Report"
+    assert subject([DELAYED]) == "Delayed Mail (still being retried)"

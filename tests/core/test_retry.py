@@ -20,6 +20,7 @@ from daemon.core.retry import (
     decide,
     effective_max_retries,
     enhanced_code,
+    retries_end,
 )
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -163,3 +164,41 @@ def test_decide(kind: str, retry_count: int, max_retries: int, expected: Decisio
 def test_decide_rejects_unknown_kinds() -> None:
     with pytest.raises(ValueError, match="unknown delivery result"):
         decide("bounced", 0, 3, NOW, 1.0, 2.0, Fixed(0.0))
+
+
+@pytest.mark.parametrize(
+    ("retry_count", "max_retries", "base", "cap", "seconds"),
+    [
+        (1, 3, 20.0, 3600.0, 40 + 80),  # retries 1 and 2 still to come after the next one
+        (3, 3, 20.0, 3600.0, 0),  # the next attempt is the last
+        (1, 5, 20.0, 100.0, 40 + 80 + 100 + 100),  # capped
+        (1, 4, 0.0, 100.0, 0),  # no backoff: retries come at once
+        # No cap: the exponent stops growing at 62, as backoff's does.
+        (1, 70, 1e-12, 0.0, sum(2.0**k * 1e-12 for k in range(1, 62)) + 2.0**62 * 1e-12 * 8),
+    ],
+)
+def test_retries_end(
+    retry_count: int, max_retries: int, base: float, cap: float, seconds: float
+) -> None:
+    expected = NOW + timedelta(seconds=seconds)
+    assert retries_end(NOW, retry_count, max_retries, base, cap) == expected
+
+
+def test_retries_end_is_when_the_slowest_schedule_gives_up() -> None:
+    # Longest jitter every time: the last attempt lands exactly on the bound; any other is earlier.
+    for rng in (Fixed(0.999999999), random.Random(7)):
+        first = decide(TEMPORARY, 0, 4, NOW, 30.0, 100.0, rng)
+        assert first.next_attempt_at is not None
+        bound = retries_end(first.next_attempt_at, first.retry_count, 4, 30.0, 100.0)
+        assert bound is not None
+        decision = first
+        while decision.status == "queued":
+            assert decision.next_attempt_at is not None
+            last = decision.next_attempt_at
+            decision = decide(TEMPORARY, decision.retry_count, 4, last, 30.0, 100.0, rng)
+        assert last <= bound
+        assert (bound - last).total_seconds() < (1 if isinstance(rng, Fixed) else 200)
+
+
+def test_retries_end_past_any_date_is_unknown() -> None:
+    assert retries_end(NOW, 0, 10**12, 3600.0, 0.0) is None

@@ -123,6 +123,30 @@ def test_expired_lease_is_reaped_and_stale_outcome_dropped(engine: Engine) -> No
         assert [r.status for r in queue.get_recipients(conn, msg.id)] == ["sent"]
 
 
+def test_delay_dsn_is_recorded_with_its_outcome_once(engine: Engine) -> None:
+    scheduled = NOW - timedelta(hours=1)
+    msg = new_message(send_at=scheduled)
+    insert(engine, msg)
+    later = NOW + timedelta(minutes=10)
+    with engine.begin() as conn:
+        (first,) = queue.claim(conn, NOW, 1, "w1", LEASE)
+        assert (first.dsn_delayed, first.send_at) == (False, scheduled)
+        # A lost lease records nothing, the delay DSN mark included.
+        lost = Outcome(first.id, "someone-else", "queued", NOW, 1, later, dsn_delayed=True)
+        assert queue.apply_outcomes(conn, [lost]) == 0
+        deferred = Outcome(first.id, "w1", "queued", NOW, 1, later, dsn_delayed=True)
+        assert queue.apply_outcomes(conn, [deferred]) == 1
+        (second,) = queue.claim(conn, later, 1, "w2", LEASE)
+        assert second.dsn_delayed is True
+        again = Outcome(second.id, "w2", "queued", later, 2, later + timedelta(minutes=10))
+        assert queue.apply_outcomes(conn, [again]) == 1
+    with engine.connect() as conn:
+        stamp = conn.execute(
+            sa.select(messages.c.dsn_delayed_at).where(messages.c.id == msg.id)
+        ).scalar_one()
+    assert stamp == NOW
+
+
 def test_release_hands_back_leases(engine: Engine) -> None:
     insert(engine, new_message(), new_message())
     with engine.begin() as conn:

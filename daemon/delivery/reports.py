@@ -1,0 +1,160 @@
+"""The DSNs one delivery round owes the sender, as RFC 3461 NOTIFY asked.
+
+Three kinds, each a message of its own covering every recipient of the round it
+concerns: ``failed`` (a recipient will never be delivered; the default NOTIFY),
+``relayed`` (a provider accepted a recipient whose NOTIFY has SUCCESS, and the
+next hop did not take the DSN request over, so it may never report) and
+``delayed`` (NOTIFY=DELAY, the message is deferred and has waited longer than
+``queue.delay_warning``; once per message). All come from the null sender,
+built by :func:`daemon.core.dsn.build_dsn`, and none is sent for a message from
+``<>`` (a DSN never gets a DSN). The dispatcher queues them in the transaction
+that records the outcome causing them.
+"""
+
+from __future__ import annotations
+
+import functools
+import socket
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from daemon.config import Config
+from daemon.core import dsn
+from daemon.core.ids import message_id
+from daemon.core.message import ClaimedMessage, NewMessage, Recipient
+from daemon.core.retry import enhanced_code
+from daemon.providers.base import RecipientResult
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a provider answered for one recipient, and where from (the DSN's Remote-MTA)."""
+
+    recipient: Recipient
+    result: RecipientResult
+    remote: str | None
+    # The next hop advertised DSN and took NOTIFY/ORCPT over: it reports success itself.
+    dsn_passed_on: bool = False
+
+
+def _reported(
+    answer: Answer, action: str, status: str, will_retry_until: datetime | None = None
+) -> dsn.ReportedRecipient:
+    return dsn.ReportedRecipient(
+        address=answer.recipient.address,
+        status=status,
+        diagnostic=answer.result.reply,
+        orcpt=answer.recipient.orcpt,
+        action=action,
+        remote_mta=answer.remote,
+        will_retry_until=will_retry_until,
+    )
+
+
+def failed(answers: Sequence[Answer]) -> list[dsn.ReportedRecipient]:
+    """Recipients that failed for good and whose NOTIFY asks for it (no NOTIFY does)."""
+    return [
+        _reported(a, dsn.FAILED, dsn.status_code(a.result.code, a.result.reply, a.result.outcome))
+        for a in answers
+        if dsn.wants_report(a.recipient.notify, "failure")
+    ]
+
+
+def relayed(answers: Sequence[Answer]) -> list[dsn.ReportedRecipient]:
+    """Accepted recipients with NOTIFY=SUCCESS whose next hop was not handed the request.
+
+    A next hop that took the DSN parameters over reports delivery itself (RFC 3461
+    section 5.2.1); one that did not may never report, so we say "relayed" (5.2.2).
+    """
+    return [
+        _reported(a, dsn.RELAYED, _success_status(a.result.reply))
+        for a in answers
+        if not a.dsn_passed_on and dsn.wants_report(a.recipient.notify, "success")
+    ]
+
+
+def delayed(
+    answers: Sequence[Answer], will_retry_until: datetime | None
+) -> list[dsn.ReportedRecipient]:
+    """Deferred recipients with NOTIFY=DELAY, with their last temporary error's status."""
+    return [
+        _reported(a, dsn.DELAYED, _temporary_status(a.result), will_retry_until)
+        for a in answers
+        if dsn.wants_report(a.recipient.notify, "delay")
+    ]
+
+
+def delay_due(message: ClaimedMessage, now: datetime, warning_seconds: float) -> bool:
+    """Whether a message deferred now owes its delay DSN: on, not yet sent, waited long enough.
+
+    The wait counts from when the message was due (its send_at, if scheduled).
+    """
+    if warning_seconds <= 0 or message.dsn_delayed or not dsn.may_bounce(message.mail_from):
+        return False
+    since = message.queued_at
+    if message.send_at is not None and message.send_at > since:
+        since = message.send_at
+    return (now - since).total_seconds() > warning_seconds
+
+
+def _success_status(reply: str) -> str:
+    """The reply's own 2.x.x enhanced status, else 2.0.0."""
+    enhanced = enhanced_code(reply)
+    return enhanced if enhanced and enhanced.startswith("2.") else "2.0.0"
+
+
+def _temporary_status(result: RecipientResult) -> str:
+    """A "delayed" report's status is 4.x.x: a refusal we retry anyway (credentials) is too."""
+    status = dsn.status_code(result.code, result.reply, result.outcome)
+    return status if status.startswith("4.") else "4" + status[1:]
+
+
+@functools.cache
+def _fqdn() -> str:
+    # A DNS lookup: made once, not for every DSN on the event loop.
+    return socket.getfqdn()
+
+
+def notice(
+    config: Config,
+    message: ClaimedMessage,
+    reported: Sequence[dsn.ReportedRecipient],
+    now: datetime,
+) -> NewMessage | None:
+    """The DSN to the sender reporting ``reported``; None with nothing to report or no one
+    to tell (the null sender)."""
+    if not reported or not dsn.may_bounce(message.mail_from):
+        return None
+    hostname = config.smtp.hostname or _fqdn()
+    report_id = message_id(int(now.timestamp() * 1000))
+    subject = dsn.subject(reported)
+    raw = dsn.build_dsn(
+        original=message.raw,
+        mail_from=message.mail_from,
+        recipients=reported,
+        hostname=hostname,
+        arrival=message.queued_at,
+        now=now,
+        message_id=report_id,
+        envid=message.dsn_envid,
+        ret=message.dsn_ret,
+    )
+    return NewMessage(
+        id=report_id,
+        uuid=str(uuid.uuid4()),
+        mail_from="",
+        recipients=[Recipient(message.mail_from)],
+        raw=raw,
+        queued_at=now,
+        next_attempt_at=now,
+        workspace_id=message.workspace_id,
+        campaign_id=message.campaign_id,
+        source="dsn",
+        from_header=f"MAILER-DAEMON@{hostname}",
+        to=[message.mail_from],
+        subject=subject,
+        headers={"Message-ID": f"<{report_id}@{hostname}>"},
+        metadata={"dsn_for": message.id, "dsn_action": reported[0].action},
+    )

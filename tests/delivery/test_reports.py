@@ -1,0 +1,244 @@
+"""DSNs as NOTIFY asks, end to end on SQLite and PostgreSQL: mail sent to relayd over SMTP
+on 127.0.0.1, delivered to a real SMTP sink, and the DSNs relayd queues and delivers back."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import smtplib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from daemon.server import Server
+from daemon.store import queue
+from daemon.store.models import messages
+from tests.delivery.conftest import RAW
+from tests.sink import Sink, SinkMessage
+
+SENDER = "s@example.com"
+FAST_RETRY = {"retry_base": "50ms", "retry_max": "100ms", "process_interval": "1s"}
+
+StartRelay = Callable[..., Awaitable[Server]]
+
+
+@pytest.fixture
+async def start_relay(make_config: Callable[..., Any], db_url: str) -> AsyncIterator[StartRelay]:
+    """``await start_relay(sink, queue={...})``: relayd delivering to ``sink``, on the test DB."""
+    started: list[Server] = []
+
+    async def start(sink: Sink, **sections: Any) -> Server:
+        provider = {"type": "smtp", "host": "127.0.0.1", "port": sink.port, "timeout": "5s"}
+        server = Server(make_config(db_url, providers={"sink": provider}, **sections))
+        await server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in reversed(started):
+        await server.stop()
+
+
+def send(
+    server: Server, mail_from: str, rcpts: dict[str, list[str]], mail_options: list[str]
+) -> str:
+    """One SMTP transaction with relayd (call in a thread); the queued message's id."""
+    with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=10) as client:
+        client.ehlo("client.test")
+        assert client.has_extn("dsn")
+        assert client.mail(mail_from, mail_options)[0] == 250
+        for address, options in rcpts.items():
+            assert client.rcpt(address, options)[0] == 250
+        code, reply = client.data(RAW)
+    assert code == 250
+    match = re.search(rb"queued as (\S+)", reply)
+    assert match is not None
+    return match.group(1).decode()
+
+
+async def settled(server: Server, mid: str, *statuses: str, timeout: float = 20.0) -> Any:
+    """Wait until ``mid`` and every DSN queued so far are finished; the message's row."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        with server.service.engine.connect() as conn:
+            row = queue.get_message(conn, mid)
+            busy = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(messages)
+                .where(messages.c.source == "dsn", messages.c.status != "sent")
+            ).scalar_one()
+        if row is not None and row.status in statuses and busy == 0:
+            return row
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{mid} did not settle in {statuses} (DSNs pending: {busy})")
+
+
+def stored_reports(server: Server) -> list[Any]:
+    with server.service.engine.connect() as conn:
+        return list(
+            conn.execute(
+                sa.select(messages).where(messages.c.source == "dsn").order_by(messages.c.id)
+            ).all()
+        )
+
+
+def delivered_reports(sink: Sink) -> list[SinkMessage]:
+    """What the sink received from the null sender: the DSNs."""
+    return [m for m in sink.messages if m.mail_from == "<>"]
+
+
+def parse(message: SinkMessage) -> tuple[EmailMessage, list[Any]]:
+    report = message_from_bytes(message.data, policy=policy.default)
+    assert isinstance(report, EmailMessage)
+    assert report.get_content_type() == "multipart/report"
+    blocks = list(report.iter_parts())[1].get_payload()
+    return report, blocks
+
+
+async def test_notify_success_gets_one_relayed_dsn(start_relay: StartRelay) -> None:
+    async with Sink() as sink:
+        server = await start_relay(sink)
+        rcpts = {"x@example.org": ["NOTIFY=SUCCESS", "ORCPT=rfc822;x@example.org"]}
+        mid = await asyncio.to_thread(send, server, SENDER, rcpts, ["ENVID=abc"])
+        await settled(server, mid, "sent")
+        await asyncio.sleep(0.3)  # room for a duplicate to show up
+        (stored,) = stored_reports(server)
+        assert (stored.mail_from, stored.to_addrs, stored.status) == ("", [SENDER], "sent")
+        assert stored.subject == "Successful Mail Delivery Report"
+        (dsn,) = delivered_reports(sink)
+    original = next(m for m in sink.messages if m.mail_from == SENDER)
+    assert original.rcpt_tos == ["x@example.org"]
+    assert dsn.rcpt_tos == [SENDER]
+    report, (per_message, per_rcpt) = parse(dsn)
+    assert report["To"] == SENDER
+    assert report["Subject"] == "Successful Mail Delivery Report"
+    assert per_message["Reporting-MTA"] == "dns; relay.test"
+    assert per_message["Original-Envelope-Id"] == "abc"
+    assert per_rcpt["Original-Recipient"] == "rfc822;x@example.org"
+    assert per_rcpt["Final-Recipient"] == "rfc822; x@example.org"
+    assert (per_rcpt["Action"], per_rcpt["Status"]) == ("relayed", "2.0.0")
+    assert per_rcpt["Remote-MTA"] == "dns; 127.0.0.1"
+    assert per_rcpt["Diagnostic-Code"].startswith("smtp; 250 2.0.0 Ok: queued as SINK")
+    # No RET: the original's headers only.
+    assert list(report.iter_parts())[2].get_content_type() == "text/rfc822-headers"
+    assert b"hello" not in dsn.data
+
+
+async def test_one_relayed_dsn_covers_every_recipient_that_asked(start_relay: StartRelay) -> None:
+    async with Sink() as sink:
+        server = await start_relay(sink)
+        rcpts = {
+            "x@example.org": ["NOTIFY=SUCCESS", "ORCPT=rfc822;X@example.org"],
+            "y@example.org": ["NOTIFY=SUCCESS,FAILURE"],
+            "z@example.org": [],
+            "n@example.org": ["NOTIFY=NEVER"],
+        }
+        mid = await asyncio.to_thread(send, server, SENDER, rcpts, ["RET=FULL"])
+        await settled(server, mid, "sent")
+        await asyncio.sleep(0.3)
+        assert len(stored_reports(server)) == 1
+        (dsn,) = delivered_reports(sink)
+    report, blocks = parse(dsn)
+    assert [(b["Final-Recipient"], b["Action"]) for b in blocks[1:]] == [
+        ("rfc822; x@example.org", "relayed"),
+        ("rfc822; y@example.org", "relayed"),
+    ]
+    assert blocks[1]["Original-Recipient"] == "rfc822;X@example.org"
+    assert blocks[2]["Original-Recipient"] is None
+    assert blocks[0]["Original-Envelope-Id"] is None
+    # RET=FULL: the whole original comes back.
+    assert list(report.iter_parts())[2].get_content_type() == "message/rfc822"
+    assert RAW in dsn.data
+
+
+@pytest.mark.parametrize(
+    ("mail_from", "options", "dsn_sink"),
+    [
+        pytest.param(SENDER, [], False, id="no-notify"),
+        pytest.param(SENDER, ["NOTIFY=NEVER"], False, id="never"),
+        pytest.param(SENDER, ["NOTIFY=FAILURE,DELAY"], False, id="no-success"),
+        pytest.param("", ["NOTIFY=SUCCESS"], False, id="null-sender"),
+        # A next hop that speaks DSN took NOTIFY=SUCCESS over: it reports, we do not.
+        pytest.param(SENDER, ["NOTIFY=SUCCESS"], True, id="passed-on"),
+    ],
+)
+async def test_no_success_dsn_when_not_ours_to_send(
+    start_relay: StartRelay, mail_from: str, options: list[str], dsn_sink: bool
+) -> None:
+    async with Sink(dsn=dsn_sink) as sink:
+        server = await start_relay(sink)
+        mid = await asyncio.to_thread(send, server, mail_from, {"x@example.org": options}, [])
+        await settled(server, mid, "sent")
+        await asyncio.sleep(0.3)
+        assert stored_reports(server) == []
+        (only,) = sink.messages
+    if dsn_sink:
+        assert only.rcpt_options == [options]
+
+
+@pytest.mark.parametrize(
+    ("mail_from", "options", "delay_warning", "actions"),
+    [
+        pytest.param(SENDER, ["NOTIFY=DELAY"], "50ms", ["delayed"], id="delay"),
+        pytest.param(
+            SENDER, ["NOTIFY=DELAY,FAILURE"], "50ms", ["delayed", "failed"], id="delay-failure"
+        ),
+        # No NOTIFY means FAILURE only: the bounce at give-up, no warning before it.
+        pytest.param(SENDER, [], "50ms", ["failed"], id="no-notify"),
+        pytest.param("", ["NOTIFY=DELAY"], "50ms", [], id="null-sender"),
+        pytest.param(SENDER, ["NOTIFY=DELAY"], "0", [], id="warning-off"),
+    ],
+)
+async def test_notify_delay_gets_one_delayed_dsn_across_retries(
+    start_relay: StartRelay,
+    mail_from: str,
+    options: list[str],
+    delay_warning: str,
+    actions: list[str],
+) -> None:
+    async with Sink(rcpt_replies={"x@example.org": "451 4.3.0 try later"}) as sink:
+        # The sink's 451s must not open the circuit: the DSNs go out through it too.
+        server = await start_relay(
+            sink,
+            queue={**FAST_RETRY, "max_retries": 4, "delay_warning": delay_warning},
+            health={"down_after": 100},
+        )
+        rcpts = {"x@example.org": [*options, "ORCPT=rfc822;x@example.org"]}
+        mid = await asyncio.to_thread(send, server, mail_from, rcpts, ["ENVID=abc"])
+        row = await settled(server, mid, "failed")
+        await asyncio.sleep(0.3)
+        with server.service.engine.connect() as conn:
+            tries = queue.get_attempts(conn, mid)
+        assert [a.outcome for a in tries] == ["temporary"] * 5
+        assert row.retry_count == 4
+        stored = stored_reports(server)
+        delivered = delivered_reports(sink)
+    assert [r.metadata["dsn_action"] for r in stored] == actions
+    assert sorted(parse(m)[1][1]["Action"] for m in delivered) == sorted(actions)
+    assert all(m.rcpt_tos == [SENDER] for m in delivered)
+    with server.service.engine.connect() as conn:
+        stamp = conn.execute(
+            sa.select(messages.c.dsn_delayed_at).where(messages.c.id == mid)
+        ).scalar_one()
+    assert (stamp is not None) is ("delayed" in actions)
+    if "delayed" not in actions:
+        return
+    (dsn,) = [m for m in delivered if parse(m)[1][1]["Action"] == "delayed"]
+    report, (per_message, per_rcpt) = parse(dsn)
+    assert report["Subject"] == "Delayed Mail (still being retried)"
+    assert per_message["Original-Envelope-Id"] == "abc"
+    assert per_rcpt["Original-Recipient"] == "rfc822;x@example.org"
+    assert per_rcpt["Final-Recipient"] == "rfc822; x@example.org"
+    assert per_rcpt["Status"] == "4.3.0"
+    assert per_rcpt["Diagnostic-Code"] == "smtp; 451 4.3.0 try later"
+    assert per_rcpt["Remote-MTA"] == "dns; 127.0.0.1"
+    # The give-up time is computable here: the remaining retries' longest backoffs, < 1s.
+    until = parsedate_to_datetime(per_rcpt["Will-Retry-Until"])
+    warned_at = parsedate_to_datetime(per_rcpt["Last-Attempt-Date"])
+    assert 0 <= (until - warned_at).total_seconds() <= 1
