@@ -117,7 +117,8 @@ async def test_with_shared_writes_a_delivery_frees_its_slot_before_its_result_is
 ) -> None:
     """``write_within`` (SMTP in worker processes): claims and results wait for a commit
     to join; a delivery's slot goes to the next one meanwhile, and stopping writes it."""
-    service = await make_service(queue={"concurrency": 1}, providers=sink_provider(sink))
+    # Room for two, one due: no backlog, so the claims wait for company as well.
+    service = await make_service(queue={"concurrency": 2}, providers=sink_provider(sink))
     mid = await service.enqueue(new_message())
     dispatcher = await running.start(service, write_within=60.0)
     await asyncio.sleep(0.3)
@@ -134,6 +135,26 @@ async def test_with_shared_writes_a_delivery_frees_its_slot_before_its_result_is
     await running.close()
     with engine.connect() as conn:
         assert queue.get_message(conn, mid).status == "sent"
+
+
+async def test_with_shared_writes_a_backlog_is_claimed_at_once(
+    engine: Engine, make_service: ServiceFactory, running: Running, sink: Sink
+) -> None:
+    service = await make_service(
+        queue={"concurrency": 4, "batch_size": 1}, providers=sink_provider(sink)
+    )
+    ids = [await service.enqueue(new_message()) for _ in range(3)]
+    await running.start(service, write_within=60.0)
+    await asyncio.sleep(0.2)
+    assert not sink.messages  # the first claim waits for a commit to join
+    await service.committer.run(lambda c: None)
+    # It came back full (batch_size 1): the next ones go at once, without company.
+    for mid in ids:
+        await wait_status(engine, mid, "processing", "sent", timeout=5.0)
+    deadline = asyncio.get_running_loop().time() + 5.0
+    while len(sink.messages) < 3 and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
+    assert len(sink.messages) == 3
 
 
 async def test_temporary_failures_back_off_then_fail(
