@@ -224,13 +224,14 @@ class WorkerPool:
             await self.stop(grace=0)
             raise
         log.info(
-            "SMTP listening on %s:%d (STARTTLS) and %s:%d (TLS) as %s in %d worker processes",
+            "SMTP listening on %s:%d (STARTTLS) and %s:%d (TLS) as %s in %d worker process%s",
             smtp.host,
             self.port,
             smtp.host,
             self.tls_port,
             self.hostname,
             self.count,
+            "" if self.count == 1 else "es",
         )
 
     def _spawn(self, worker: _Worker) -> None:
