@@ -45,7 +45,8 @@ class PySpy:
     def __init__(self, pid: int, output: Path, rate: int = 200, gil: bool = False) -> None:
         self.output = output
         cmd = [py_spy_executable(), "record", "--pid", str(pid), "--rate", str(rate)]
-        cmd += ["--format", "raw", "--output", str(output)]
+        # relayd serves SMTP from worker processes (smtp.workers): sample them too.
+        cmd += ["--subprocesses", "--format", "raw", "--output", str(output)]
         if gil:
             cmd.append("--gil")
         self._log = output.with_suffix(".log").open("wb")
