@@ -7,6 +7,8 @@
     Sink(auth=("user", "secret"))                  # AUTH PLAIN/LOGIN offered without TLS
     Sink(dsn=True)                                 # advertises DSN, records RET/ENVID/NOTIFY/ORCPT
     Sink(pipelining=False)                         # no PIPELINING: clients wait for each reply
+    Sink(hold=event)                               # DATA answers once event is set (sink.held
+                                                   # is set while one waits)
 
 Records every accepted message (envelope and the bytes exactly as aiosmtpd
 un-dot-stuffed them) and counts connections, so tests can check reuse.
@@ -73,6 +75,9 @@ class _Handler:
     async def handle_DATA(self, server: SMTP, session: Any, envelope: Any) -> str:
         if self.sink.data_delay:
             await asyncio.sleep(self.sink.data_delay)
+        if self.sink.hold is not None:
+            self.sink.held.set()
+            await self.sink.hold.wait()
         if self.sink.data_reply:
             return self.sink.data_reply
         self.sink.messages.append(
@@ -128,6 +133,7 @@ class Sink:
         auth: tuple[str, str] | None = None,
         dsn: bool = False,
         pipelining: bool = True,
+        hold: asyncio.Event | None = None,
     ) -> None:
         self.rcpt_replies = dict(rcpt_replies or {})
         self.data_reply = data_reply
@@ -138,6 +144,8 @@ class Sink:
         self.auth = auth
         self.dsn = dsn
         self.pipelining = pipelining
+        self.hold = hold
+        self.held = asyncio.Event()
         self.messages: list[SinkMessage] = []
         self.connections = 0
         self.auth_attempts = 0

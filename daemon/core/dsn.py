@@ -76,6 +76,9 @@ class ReportedRecipient:
     remote_mta: str | None = None
     diagnostic_type: str = "smtp"
     will_retry_until: datetime | None = None  # for "delayed": when retries stop
+    # False when no delivery was attempted as it is reported (the message waits for a
+    # provider): the report then has no Last-Attempt-Date rather than a made-up one.
+    attempted: bool = True
 
 
 def xtext_encode(value: str) -> str:
@@ -188,7 +191,8 @@ def _status_part(
             block["Remote-MTA"] = f"dns; {_clean(r.remote_mta)}"
         if r.diagnostic:
             block["Diagnostic-Code"] = f"{r.diagnostic_type}; {_clean(r.diagnostic)}"
-        block["Last-Attempt-Date"] = format_datetime(now)
+        if r.attempted:
+            block["Last-Attempt-Date"] = format_datetime(now)
         if r.will_retry_until is not None:
             block["Will-Retry-Until"] = format_datetime(r.will_retry_until)
         blocks.append(block)

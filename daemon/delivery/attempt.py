@@ -8,7 +8,7 @@ temporary failure (or a timeout) or refused credentials fail over to the next
 provider; a permanent refusal of a recipient does not. When no provider could
 even be tried (all down or limited) the message waits for the first one to free
 up without using one of its retries; it is requeued with ``ALL_PROVIDERS_DOWN``
-(or the rate limit) as its error.
+(or the rate limit) as its error, and sends its delay DSN once it has waited long enough.
 
 The round also decides which DSNs the sender asked for (:mod:`daemon.delivery.reports`);
 they go back with its outcome, to be queued in the same transaction.
@@ -146,7 +146,7 @@ class Deliverer:
 
         now = self.service.clock()
         if order and not attempts:
-            return self._wait(message, skipped, now), ()
+            return self._wait(message, skipped, now)
         if not order:
             reply = f"no enabled provider for workspace {message.workspace_id!r}"
             attempts.append(Attempt("none", retry.TEMPORARY, now, None, reply))
@@ -227,15 +227,28 @@ class Deliverer:
 
     def _wait(
         self, message: ClaimedMessage, skipped: Sequence[tuple[str, Admission]], now: datetime
-    ) -> Outcome:
-        """Every candidate was down or at its rate limit: requeue without using a retry."""
+    ) -> tuple[Outcome, Notices]:
+        """Every candidate was down or at its rate limit: requeue without using a retry.
+
+        Waiting is time in the queue all the same: past ``queue.delay_warning`` the
+        message owes its one delay DSN here as after a temporary failure.
+        """
         delay = routing.wait_time(a.retry_in for _, a in skipped)
-        if all(a.reason == BREAKER_OPEN for _, a in skipped):
+        all_down = all(a.reason == BREAKER_OPEN for _, a in skipped)
+        # What the sender is told: the reasons without our provider ids.
+        why = ", ".join(dict.fromkeys(a.reason for _, a in skipped))
+        if all_down:
             error = f"{ALL_PROVIDERS_DOWN}: every provider is down; waiting {delay:.0f}s"
+            reason = f"every provider is down ({why})"
         else:
             reasons = ", ".join(f"{pid}: {a.reason}" for pid, a in skipped)
             error = f"no provider can take the message now ({reasons}); waiting {delay:.0f}s"
-        return Outcome(
+            reason = f"no provider can take the message now ({why})"
+        delayed: list[ReportedRecipient] = []
+        if reports.delay_due(message, now, self.config.queue.delay_warning.seconds):
+            delayed = reports.waiting(message.recipients, all_down, reason)
+        notice = reports.notice(self.config, message, delayed, now)
+        outcome = Outcome(
             message_id=message.id,
             lease_owner=message.lease_owner,
             status="queued",
@@ -243,7 +256,9 @@ class Deliverer:
             retry_count=message.retry_count,
             next_attempt_at=now + timedelta(seconds=delay),
             error=error,
+            dsn_delayed=bool(delayed),
         )
+        return outcome, (notice,) if notice is not None else ()
 
 
 def _finished_without_recipients(message: ClaimedMessage, now: datetime) -> Outcome:

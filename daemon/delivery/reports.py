@@ -4,7 +4,8 @@ Three kinds, each a message of its own covering every recipient of the round it
 concerns: ``failed`` (a recipient will never be delivered; the default NOTIFY),
 ``relayed`` (a provider accepted a recipient whose NOTIFY has SUCCESS, and the
 next hop did not take the DSN request over, so it may never report) and
-``delayed`` (NOTIFY=DELAY, the message is deferred and has waited longer than
+``delayed`` (NOTIFY=DELAY, the message is deferred, after a temporary failure or
+because no provider could take it, and has waited longer than
 ``queue.delay_warning``; once per message). All come from the null sender,
 built by :func:`daemon.core.dsn.build_dsn`, and none is sent for a message from
 ``<>`` (a DSN never gets a DSN). The dispatcher queues them in the transaction
@@ -83,6 +84,42 @@ def delayed(
         _reported(a, dsn.DELAYED, _temporary_status(a.result), will_retry_until)
         for a in answers
         if dsn.wants_report(a.recipient.notify, "delay")
+    ]
+
+
+# RFC 3463 status of a "delayed" report for a message that waits because no provider
+# could even be tried. Every circuit open: the next hops stopped answering (that is what
+# opened them), X.4.1 "No answer from host". Otherwise some provider is at its send budget,
+# a limit of our own: X.4.5 "Mail system congestion", a persistent transient condition.
+# Not X.7.x: that class is a security or policy refusal, and nothing refused the message.
+NO_ANSWER = "4.4.1"
+CONGESTION = "4.4.5"
+# Diagnostic-Type of a reason that is not a remote reply (RFC 3464 2.3.6: "X-" names are
+# free for such use, as Postfix's "X-Postfix").
+WAITING_DIAGNOSTIC = "X-Relay"
+
+
+def waiting(
+    recipients: Sequence[Recipient], all_down: bool, reason: str
+) -> list[dsn.ReportedRecipient]:
+    """Recipients with NOTIFY=DELAY of a message no provider could take (all down or limited).
+
+    No Remote-MTA and no Last-Attempt-Date: nothing was tried. No Will-Retry-Until
+    either: waiting uses none of the message's retries, so no give-up time follows.
+    """
+    status = NO_ANSWER if all_down else CONGESTION
+    return [
+        dsn.ReportedRecipient(
+            address=r.address,
+            status=status,
+            diagnostic=reason,
+            orcpt=r.orcpt,
+            action=dsn.DELAYED,
+            diagnostic_type=WAITING_DIAGNOSTIC,
+            attempted=False,
+        )
+        for r in recipients
+        if dsn.wants_report(r.notify, "delay")
     ]
 
 

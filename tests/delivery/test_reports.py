@@ -29,11 +29,18 @@ StartRelay = Callable[..., Awaitable[Server]]
 
 @pytest.fixture
 async def start_relay(make_config: Callable[..., Any], db_url: str) -> AsyncIterator[StartRelay]:
-    """``await start_relay(sink, queue={...})``: relayd delivering to ``sink``, on the test DB."""
+    """``await start_relay(sink, queue={...})``: relayd delivering to ``sink``, on the test DB;
+    ``provider={...}`` adds to or overrides the sink provider's settings."""
     started: list[Server] = []
 
-    async def start(sink: Sink, **sections: Any) -> Server:
-        provider = {"type": "smtp", "host": "127.0.0.1", "port": sink.port, "timeout": "5s"}
+    async def start(sink: Sink, provider: dict[str, Any] | None = None, **sections: Any) -> Server:
+        provider = {
+            "type": "smtp",
+            "host": "127.0.0.1",
+            "port": sink.port,
+            "timeout": "5s",
+            **(provider or {}),
+        }
         server = Server(make_config(db_url, providers={"sink": provider}, **sections))
         await server.start()
         started.append(server)
@@ -242,3 +249,175 @@ async def test_notify_delay_gets_one_delayed_dsn_across_retries(
     until = parsedate_to_datetime(per_rcpt["Will-Retry-Until"])
     warned_at = parsedate_to_datetime(per_rcpt["Last-Attempt-Date"])
     assert 0 <= (until - warned_at).total_seconds() <= 1
+
+
+# Waiting for a provider (every circuit open, or every provider at its rate limit) uses no
+# retry, but it is time in the queue: NOTIFY=DELAY gets its one "delayed" DSN there too.
+WAITING = {"retry_base": "1h", "retry_max": "1h", "process_interval": "1s"}
+
+
+def row_of(server: Server, mid: str) -> Any:
+    with server.service.engine.connect() as conn:
+        return conn.execute(sa.select(messages).where(messages.c.id == mid)).one()
+
+
+def delay_reports(server: Server) -> list[Any]:
+    return [r for r in stored_reports(server) if r.metadata["dsn_action"] == "delayed"]
+
+
+def raw_of(server: Server, mid: str) -> bytes:
+    with server.service.engine.connect() as conn:
+        raw = queue.get_raw(conn, mid)
+    assert raw is not None
+    return raw
+
+
+def attempts_of(server: Server, mid: str) -> list[Any]:
+    with server.service.engine.connect() as conn:
+        return list(queue.get_attempts(conn, mid))
+
+
+async def until(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def waited(server: Server, mid: str, times: int, timeout: float = 20.0) -> list[Any]:
+    """Watch ``mid`` until it has been requeued to wait for a provider ``times`` times; the
+    time of each wait (its processed_at then)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    seen: list[Any] = []
+    while loop.time() < deadline:
+        row = row_of(server, mid)
+        if (
+            row.status == "queued"
+            and (row.error or "").startswith("ALL_PROVIDERS_DOWN")
+            and row.processed_at not in seen
+        ):
+            seen.append(row.processed_at)
+            if len(seen) >= times:
+                return seen
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{mid} waited {len(seen)} times, wanted {times}")
+
+
+async def open_circuit_with_probe_held(server: Server, sink: Sink) -> None:
+    """Leave the sink provider down (circuit open) with its one probe held in DATA.
+
+    With ``down_after = 1`` one temporary failure opens the circuit; with no cool-down the
+    next message goes as the probe, which the sink holds until ``sink.hold`` is set.
+    Until then every other message waits for the provider, about a second at a time
+    (a probe is in flight), without an attempt.
+    """
+    never = ["NOTIFY=NEVER"]
+    first = await asyncio.to_thread(send, server, SENDER, {"fail@example.org": never}, [])
+    await until(lambda: len(attempts_of(server, first)) == 1, "the first 451")
+    await asyncio.to_thread(send, server, SENDER, {"probe@example.org": never}, [])
+    await asyncio.wait_for(sink.held.wait(), 10)
+
+
+@pytest.mark.parametrize(
+    ("mail_from", "options", "delay_warning", "warned"),
+    [
+        pytest.param(SENDER, ["NOTIFY=DELAY"], "300ms", True, id="delay"),
+        pytest.param(SENDER, ["NOTIFY=FAILURE,DELAY"], "300ms", True, id="delay-failure"),
+        # No NOTIFY means FAILURE only.
+        pytest.param(SENDER, [], "300ms", False, id="no-notify"),
+        pytest.param(SENDER, ["NOTIFY=SUCCESS,FAILURE"], "300ms", False, id="no-delay"),
+        pytest.param("", ["NOTIFY=DELAY"], "300ms", False, id="null-sender"),
+        pytest.param(SENDER, ["NOTIFY=DELAY"], "0", False, id="warning-off"),
+    ],
+)
+async def test_waiting_for_a_down_provider_gets_one_delayed_dsn(
+    start_relay: StartRelay, mail_from: str, options: list[str], delay_warning: str, warned: bool
+) -> None:
+    hold = asyncio.Event()
+    async with Sink(rcpt_replies={"fail@example.org": "451 4.3.0 try later"}, hold=hold) as sink:
+        server = await start_relay(
+            sink,
+            provider={"timeout": "60s"},
+            queue={**WAITING, "delay_warning": delay_warning},
+            health={"down_after": 1, "cooldown": "0s", "interval": "1h"},
+        )
+        try:
+            await open_circuit_with_probe_held(server, sink)
+            rcpts = {"x@example.org": [*options, "ORCPT=rfc822;x@example.org"]}
+            mid = await asyncio.to_thread(send, server, mail_from, rcpts, ["ENVID=abc"])
+            # Four waits, a second apart: the warning is due from the second on.
+            waits = await waited(server, mid, 4)
+            stored = delay_reports(server)
+            row = row_of(server, mid)
+        finally:
+            hold.set()  # the probe succeeds: the circuit closes, the waiting mail goes
+        assert (row.retry_count, row.dsn_delayed_at is not None) == (0, warned)
+        assert attempts_of(server, mid) == []
+        if warned:
+            (report,) = stored
+            # Queued with the wait that found it due, and not again by the later waits.
+            assert report.queued_at < waits[-2]
+            # The DSN waits for the provider like any message (it is from <>: no DSN of its own).
+            # (Caught either between two waits or in one.)
+            assert report.status in ("queued", "processing")
+            assert (report.mail_from, report.to_addrs) == ("", [SENDER])
+            assert report.metadata == {"dsn_for": mid, "dsn_action": "delayed"}
+            assert b"Action: delayed" in raw_of(server, report.id)
+        else:
+            assert stored == []
+        await settled(server, mid, "sent")
+        await asyncio.sleep(0.3)  # room for a late duplicate
+        assert len(delay_reports(server)) == len(stored)
+    assert any(m.rcpt_tos == ["x@example.org"] for m in sink.messages)
+    # (NOTIFY=SUCCESS also gets its "relayed" DSN once the message is sent.)
+    delivered = [m for m in delivered_reports(sink) if b"Action: delayed" in m.data]
+    if not warned:
+        assert delivered == []
+        return
+    (dsn,) = delivered
+    assert dsn.rcpt_tos == [SENDER]
+    report, (per_message, per_rcpt) = parse(dsn)
+    assert report["Subject"] == "Delayed Mail (still being retried)"
+    assert per_message["Original-Envelope-Id"] == "abc"
+    assert per_rcpt["Original-Recipient"] == "rfc822;x@example.org"
+    assert per_rcpt["Final-Recipient"] == "rfc822; x@example.org"
+    assert (per_rcpt["Action"], per_rcpt["Status"]) == ("delayed", "4.4.1")
+    assert per_rcpt["Diagnostic-Code"] == "X-Relay; every provider is down (circuit open)"
+    # Nothing was tried and no retry is used while waiting: no next hop, no attempt date,
+    # no give-up time.
+    for absent in ("Remote-MTA", "Last-Attempt-Date", "Will-Retry-Until"):
+        assert per_rcpt[absent] is None
+    assert "retried until" not in report.get_body(("plain",)).get_content()
+
+
+async def test_waiting_at_a_rate_limit_gets_one_delayed_dsn(start_relay: StartRelay) -> None:
+    async with Sink() as sink:
+        # One message a day: the first one uses it up; the next waits until tomorrow.
+        server = await start_relay(
+            sink, provider={"rate_limit": 1}, queue={**WAITING, "delay_warning": "1ms"}
+        )
+        first = await asyncio.to_thread(send, server, SENDER, {"a@example.org": []}, [])
+        await settled(server, first, "sent")
+        rcpts = {"x@example.org": ["NOTIFY=DELAY"]}
+        mid = await asyncio.to_thread(send, server, SENDER, rcpts, ["ENVID=abc"])
+        await until(lambda: bool(stored_reports(server)), "the delay DSN")
+        await asyncio.sleep(0.3)  # room for a duplicate
+        (stored,) = stored_reports(server)
+        row = row_of(server, mid)
+        assert (row.status, row.retry_count) == ("queued", 0)
+        assert row.error.startswith("no provider can take the message now (sink: daily rate limit)")
+        assert row.dsn_delayed_at is not None
+        assert stored.status in ("queued", "processing")  # waiting for the provider too
+        assert (stored.mail_from, stored.to_addrs) == ("", [SENDER])
+        raw = raw_of(server, stored.id)
+        assert len(sink.messages) == 1
+    _, (per_message, per_rcpt) = parse(SinkMessage("<>", [SENDER], raw))
+    assert per_message["Original-Envelope-Id"] == "abc"
+    assert (per_rcpt["Action"], per_rcpt["Status"]) == ("delayed", "4.4.5")
+    assert per_rcpt["Diagnostic-Code"] == (
+        "X-Relay; no provider can take the message now (daily rate limit)"
+    )
+    assert per_rcpt["Will-Retry-Until"] is None
