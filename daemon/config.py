@@ -157,8 +157,8 @@ class QueueConfig:
     retry_max: Duration = setting(Duration(3600.0, "1h"), "longest retry delay")
     delay_warning: Duration = setting(
         Duration(14400.0, "4h"),
-        "undelivered this long, a deferred message sends one delay DSN to the senders"
-        " who asked (NOTIFY=DELAY); 0: never",
+        "undelivered this long (deferred, or waiting for a provider), a message sends one"
+        " delay DSN to the senders who asked (NOTIFY=DELAY); 0: never",
     )
     shutdown_grace: Duration = setting(
         Duration(20.0, "20s"), "time in-flight deliveries get on SIGTERM"
