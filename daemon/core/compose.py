@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from email import policy
 from email.headerregistry import Address
 from email.message import EmailMessage, MIMEPart
@@ -88,33 +87,6 @@ def _mailbox_header(address: str, display_name: str) -> str:
     """How email.headerregistry.Address shows a mailbox (pure, so cached: senders repeat)."""
     local, _, domain = address.rpartition("@")
     return str(Address(display_name=display_name, username=local, domain=domain))
-
-
-_DATES: dict[tuple[datetime, timedelta | None], str] = {}
-
-
-_UTC_DATES: dict[int, str] = {}
-
-
-def rfc5322_date(date: datetime) -> str:
-    """``email.utils.format_datetime(date)``, kept for the second it names."""
-    if date.tzinfo is UTC:  # the service clock's: the text depends on the instant only
-        second = math.floor(date.timestamp())
-        text = _UTC_DATES.get(second)
-        if text is None:
-            text = format_datetime(date)
-            if len(_UTC_DATES) >= 64:
-                _UTC_DATES.clear()
-            _UTC_DATES[second] = text
-        return text
-    key = (date.replace(microsecond=0, tzinfo=None), date.utcoffset())
-    text = _DATES.get(key)
-    if text is None:
-        text = format_datetime(date)
-        if len(_DATES) >= 64:
-            _DATES.clear()
-        _DATES[key] = text
-    return text
 
 
 @dataclass(frozen=True)
@@ -236,7 +208,7 @@ def compose_message(draft: Draft, *, queue_id: str, hostname: str, date: datetim
     _check(draft)
     message_id = f"<{queue_id}@{hostname}>"
     try:
-        return write_direct(draft, message_id, rfc5322_date(date))
+        return write_direct(draft, message_id, mime.rfc5322_date(date))
     except Unsupported:
         pass
     raw = write_stdlib(draft, message_id, date)

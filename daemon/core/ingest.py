@@ -17,12 +17,13 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from email.header import decode_header, make_header
-from email.utils import format_datetime, getaddresses
+from email.utils import getaddresses
 from typing import Any
 
 from daemon.core.message import PRIORITIES, NewMessage, Recipient
+from daemon.core.mime import rfc5322_date
 from daemon.core.relay import SmtpRejection
 
 MAX_LINE = 1000  # octets, CRLF included (RFC 5321 4.5.3.1.6)
@@ -217,23 +218,11 @@ def _personalization(fields: dict[str, str]) -> dict[str, Any] | None:
     }
 
 
-_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _PROTOCOLS = {
     (tls, auth): "ESMTP" + ("S" if tls else "") + ("A" if auth else "")
     for tls in (False, True)
     for auth in (False, True)
 }
-
-
-def rfc5322_date(now: datetime) -> str:
-    """``email.utils.format_datetime(now)``, without its cost for the usual UTC clock."""
-    if now.utcoffset() != timedelta(0):
-        return format_datetime(now)
-    return (
-        f"{_DAYS[now.weekday()]}, {now.day:02d} {_MONTHS[now.month - 1]} {now.year:04d} "
-        f"{now.hour:02d}:{now.minute:02d}:{now.second:02d} +0000"
-    )
 
 
 @functools.lru_cache(maxsize=1024)

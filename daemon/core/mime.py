@@ -21,6 +21,8 @@ import functools
 import hashlib
 import re
 from collections.abc import Sequence
+from datetime import datetime, timedelta
+from email.utils import format_datetime
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
@@ -331,3 +333,17 @@ def _multiparts(
         line, body = multipart("mixed", f"=_{seed}_0", parts)
         content = ([line], body)
     return content
+
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def rfc5322_date(date: datetime) -> str:
+    """``email.utils.format_datetime(date)``, without its cost for the usual UTC clock."""
+    if date.utcoffset() != timedelta(0):
+        return format_datetime(date)
+    return (
+        f"{_DAYS[date.weekday()]}, {date.day:02d} {_MONTHS[date.month - 1]} {date.year:04d} "
+        f"{date.hour:02d}:{date.minute:02d}:{date.second:02d} +0000"
+    )

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
+from email.utils import format_datetime
 
 import pytest
 from hypothesis import given, settings
@@ -26,7 +27,7 @@ from daemon.core.compose import (
     write_direct,
     write_stdlib,
 )
-from daemon.core.mime import Unsupported
+from daemon.core.mime import Unsupported, rfc5322_date
 
 WHEN = datetime(2024, 1, 15, 10, 0, tzinfo=UTC)
 
@@ -403,3 +404,18 @@ def test_long_file_names_use_rfc2231_continuations() -> None:
     assert max(len(line) for line in raw.split(b"\r\n")) <= 78
     _, attachment = parse(raw).iter_parts()
     assert attachment.get_filename() == name
+
+
+@given(
+    st.datetimes(
+        min_value=datetime(1900, 1, 1),
+        max_value=datetime(9999, 12, 31),
+        timezones=st.sampled_from(
+            [UTC, timezone(timedelta(0)), timezone(timedelta(hours=5, minutes=30)), None]
+        ),
+    )
+)
+@settings(max_examples=300, deadline=None)
+def test_date_header_text_is_the_stdlib_one(date: datetime) -> None:
+    """One RFC 5322 date writer for the Date of API mail and SMTP's Received line."""
+    assert rfc5322_date(date) == format_datetime(date)
