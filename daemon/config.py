@@ -8,9 +8,11 @@ environment mapping, ``relayd check-config`` and the test that compares
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import os
 import re
+import socket
 import tomllib
 import types
 import typing
@@ -695,6 +697,18 @@ def build_config(layers: typing.Sequence[tuple[str, Layer]]) -> Config:
             "tls_cert and tls_key must be set together",
         )
     return Config(**kwargs, sources=types.MappingProxyType(sources))
+
+
+@functools.cache
+def machine_fqdn() -> str:
+    """The machine's fully qualified name: a DNS lookup, made once per process."""
+    return socket.getfqdn() or "localhost"
+
+
+def relay_hostname(config: Config) -> str:
+    """The relay's own name (greeting, Message-IDs, DSNs, certificate): ``smtp.hostname``,
+    else the machine's FQDN."""
+    return config.smtp.hostname or machine_fqdn()
 
 
 def load_config(

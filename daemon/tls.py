@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import socket
 import ssl
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from daemon.config import Config, ConfigError
+from daemon.config import Config, ConfigError, relay_hostname
 
 CERT_NAME = "relay.crt"
 KEY_NAME = "relay.key"
@@ -108,7 +107,7 @@ def ensure_certificate(config: Config, now: datetime | None = None) -> tuple[Pat
     directory = config.data_path / "tls"
     cert, key = directory / CERT_NAME, directory / KEY_NAME
     if not _still_good(cert, key, now):
-        hostname = config.smtp.hostname or socket.getfqdn() or "localhost"
+        hostname = relay_hostname(config)
         try:
             generate_self_signed(cert, key, hostname, now)
         except OSError as exc:

@@ -42,8 +42,9 @@ from daemon.api.maylng_common import (
     not_found,
     requires_account,
 )
-from daemon.api.messages import _hostname, _new_message, read_body
+from daemon.api.messages import _new_message, read_body
 from daemon.api.send_request import MAX_RECIPIENTS, MAX_SCHEDULE_AHEAD, parse_send_request
+from daemon.config import relay_hostname
 from daemon.core.accounts import effective_status, email_status, sending_windows
 from daemon.core.compose import CONTROL_CHARS, ComposeError, compose, read_message
 from daemon.core.ids import is_message_id, message_id
@@ -283,7 +284,9 @@ async def send_email(request: Request, account: Account) -> Response:
     send = parse_send_request(document, now=now, max_size=max_size)
     queue_id = message_id(int(now.timestamp() * 1000))
     try:
-        raw = compose(send.draft, queue_id=queue_id, hostname=_hostname(service), date=now)
+        raw = compose(
+            send.draft, queue_id=queue_id, hostname=relay_hostname(service.config), date=now
+        )
     except ComposeError as exc:
         raise invalid(exc.field, str(exc)) from None
     if len(raw) > max_size:

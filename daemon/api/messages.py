@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import socket
 import time
 import weakref
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from daemon.api.pagination import Page
 from daemon.api.responses import Json, by_method, ok
 from daemon.api.send_request import MAX_SUBJECT, SendRequest, parse_send_request
 from daemon.api.views import message_detail, message_summary
+from daemon.config import relay_hostname
 from daemon.core.compose import (
     CONTROL_CHARS,
     ComposeError,
@@ -51,19 +51,6 @@ log = logging.getLogger("relayd.api")
 
 # Parsing and composing a large message takes milliseconds: keep it off the event loop.
 _OFFLOAD_BYTES = 256 * 1024
-
-
-_fqdn: str | None = None
-
-
-def _hostname(service: RelayService) -> str:
-    """The relay's name for Message-IDs: smtp.hostname, else the machine's FQDN (cached)."""
-    global _fqdn
-    if service.config.smtp.hostname:
-        return service.config.smtp.hostname
-    if _fqdn is None:
-        _fqdn = socket.getfqdn()
-    return _fqdn
 
 
 # queue.max_depth: the pending count is a COUNT over the queue. A count is trusted
@@ -209,7 +196,7 @@ async def send_message(request: Request, principal: Principal) -> Response:
     if max_depth and await _queue_full(service, max_depth):
         raise ApiError("QUEUE_FULL", f"the queue holds {max_depth} pending messages; try later")
     queue_id = message_id(int(now.timestamp() * 1000))
-    hostname = _hostname(service)
+    hostname = relay_hostname(service.config)
     try:
         if len(body) > _OFFLOAD_BYTES:
             composed = await asyncio.to_thread(

@@ -14,16 +14,13 @@ that records the outcome causing them.
 
 from __future__ import annotations
 
-import functools
-import socket
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from daemon.config import Config
+from daemon.config import Config, relay_hostname
 from daemon.core import dsn
-from daemon.core.ids import message_id
+from daemon.core.ids import message_id, uuid4
 from daemon.core.message import ClaimedMessage, NewMessage, Recipient
 from daemon.core.retry import enhanced_code
 from daemon.providers.base import RecipientResult
@@ -148,12 +145,6 @@ def _temporary_status(result: RecipientResult) -> str:
     return status if status.startswith("4.") else "4" + status[1:]
 
 
-@functools.cache
-def _fqdn() -> str:
-    # A DNS lookup: made once, not for every DSN on the event loop.
-    return socket.getfqdn()
-
-
 def notice(
     config: Config,
     message: ClaimedMessage,
@@ -164,7 +155,7 @@ def notice(
     to tell (the null sender)."""
     if not reported or not dsn.may_bounce(message.mail_from):
         return None
-    hostname = config.smtp.hostname or _fqdn()
+    hostname = relay_hostname(config)
     report_id = message_id(int(now.timestamp() * 1000))
     subject = dsn.subject(reported)
     raw = dsn.build_dsn(
@@ -180,7 +171,7 @@ def notice(
     )
     return NewMessage(
         id=report_id,
-        uuid=str(uuid.uuid4()),
+        uuid=uuid4(),
         mail_from="",
         recipients=[Recipient(message.mail_from)],
         raw=raw,

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import socket
 import ssl
 import time
 from collections.abc import Sequence
@@ -40,7 +39,7 @@ from aiosmtplib import (
 )
 from aiosmtplib.email import quote_address
 
-from daemon.config import Config, ProviderConfig
+from daemon.config import Config, ProviderConfig, machine_fqdn
 from daemon.core.dsn import xtext_encode
 from daemon.core.message import Recipient
 from daemon.core.retry import AUTH_ERROR, PERMANENT, SENT, TEMPORARY, classify_smtp
@@ -306,7 +305,7 @@ class SmtpProvider:
         self.password = password or None
         self.timeout = timeout
         self.max_connections = max(1, max_connections)
-        self.local_hostname = local_hostname or socket.getfqdn()
+        self.local_hostname = local_hostname or machine_fqdn()
         self.tls_context = tls_context
         self._idle: list[_Pooled] = []
         self._slots = asyncio.Semaphore(self.max_connections)

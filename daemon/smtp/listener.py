@@ -8,7 +8,7 @@ import socket
 import ssl
 import time
 
-from daemon.config import Config
+from daemon.config import Config, machine_fqdn
 from daemon.service import RelayService
 from daemon.smtp.handler import RelayHandler
 from daemon.smtp.protocol import RelaySMTP
@@ -58,7 +58,7 @@ class SmtpListeners:
         """
         loop = asyncio.get_running_loop()
         if not self.hostname:
-            self.hostname = await loop.run_in_executor(None, socket.getfqdn)
+            self.hostname = await loop.run_in_executor(None, machine_fqdn)
         # aiosmtpd logs every command at INFO; relayd logs one line per event instead.
         aiosmtpd_log = logging.getLogger("mail.log")
         if aiosmtpd_log.level == logging.NOTSET:

@@ -44,7 +44,7 @@ import time
 import types
 from typing import Any
 
-from daemon.config import Config
+from daemon.config import Config, machine_fqdn
 from daemon.service import RelayService
 
 log = logging.getLogger("relayd.smtp")
@@ -203,7 +203,7 @@ class WorkerPool:
         smtp = self.config.smtp
         if not self.hostname:
             loop = asyncio.get_running_loop()
-            self.hostname = await loop.run_in_executor(None, socket.getfqdn)
+            self.hostname = await loop.run_in_executor(None, machine_fqdn)
         plain = bind_listeners(smtp.host, smtp.port, listen=False, reuse_port=True)
         try:
             tls = bind_listeners(smtp.host, smtp.tls_port, listen=False, reuse_port=True)
