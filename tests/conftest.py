@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -111,3 +111,27 @@ async def relay(make_config: ConfigFactory, sqlite_url: str) -> AsyncIterator[An
         yield server
     finally:
         await server.stop()
+
+
+# ``await start_server(**sections)``: a started relayd (the daemon.server.Server).
+StartServer = Callable[..., Awaitable[Any]]
+
+
+@pytest.fixture
+async def start_server(db_url: str, make_config: ConfigFactory) -> AsyncIterator[StartServer]:
+    """Start relayd Servers on the parametrized database (config sections as keywords);
+    each still running is stopped after the test."""
+    from daemon.server import Server
+
+    running: list[Server] = []
+
+    async def start(**sections: Any) -> Server:
+        server = Server(make_config(db_url, **sections))
+        await server.start()
+        running.append(server)
+        return server
+
+    yield start
+    for server in reversed(running):
+        if not server._stopped.is_set():
+            await server.stop()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -11,26 +10,7 @@ import pytest
 from daemon.server import Server
 from daemon.service import RelayService
 from tests.api.conftest import AUTH, TOKEN, assert_envelope
-from tests.conftest import ConfigFactory
-
-StartServer = Callable[..., Awaitable[Server]]
-
-
-@pytest.fixture
-async def start_server(db_url: str, make_config: ConfigFactory) -> AsyncIterator[StartServer]:
-    """Start Servers on the parametrized database (the same data each time); stopped after."""
-    running: list[Server] = []
-
-    async def start(**sections: Any) -> Server:
-        server = Server(make_config(db_url, **sections))
-        await server.start()
-        running.append(server)
-        return server
-
-    yield start
-    for server in running:
-        if not server._stopped.is_set():
-            await server.stop()
+from tests.conftest import ConfigFactory, StartServer
 
 
 async def test_get_returns_every_section_masked_with_sources(

@@ -9,12 +9,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from daemon.core.ids import message_id
 from daemon.core.message import NewMessage, Recipient
 from daemon.service import RelayService
 from daemon.store import queue
+from daemon.store.models import messages
 
 RAW = b"From: a@example.com\r\nTo: b@example.org\r\nSubject: hi\r\n\r\nhello\r\n"
 
@@ -88,3 +90,13 @@ def attempts(engine: Engine, mid: str) -> list[Any]:
 def recipients(engine: Engine, mid: str) -> dict[str, tuple[str, str | None]]:
     with engine.connect() as conn:
         return {r.address: (r.status, r.error) for r in queue.get_recipients(conn, mid)}
+
+
+def dsn_rows(engine: Engine) -> list[Any]:
+    """The DSNs relayd queued (messages from its own null sender), oldest first."""
+    with engine.connect() as conn:
+        return list(
+            conn.execute(
+                sa.select(messages).where(messages.c.source == "dsn").order_by(messages.c.id)
+            ).all()
+        )

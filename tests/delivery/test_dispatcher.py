@@ -26,6 +26,7 @@ from tests.delivery.conftest import (
     RAW,
     ServiceFactory,
     attempts,
+    dsn_rows,
     new_message,
     recipients,
     wait_status,
@@ -75,11 +76,6 @@ async def running() -> AsyncIterator[Running]:
 async def sink() -> AsyncIterator[Sink]:
     async with Sink() as s:
         yield s
-
-
-def bounces(engine: Engine) -> list[Any]:
-    with engine.connect() as conn:
-        return list(conn.execute(sa.select(messages).where(messages.c.source == "dsn")).all())
 
 
 async def test_delivers_to_the_outbox(
@@ -177,7 +173,7 @@ async def test_temporary_failures_back_off_then_fail(
         assert all(g >= 0.025 for g in gaps)  # backoff: base/2 at least
         assert recipients(engine, mid)["b@example.org"][0] == "failed"
         # Giving up is a final failure too: the sender gets a DSN with the 4.x.x status.
-        (dsn,) = bounces(engine)
+        (dsn,) = dsn_rows(engine)
         await wait_status(engine, dsn.id, "sent")
         report = message_from_bytes(s.messages[-1].data, policy=policy.default)
         assert s.messages[-1].mail_from == "<>"
@@ -214,7 +210,7 @@ async def test_permanent_failure_fails_at_once_and_bounces(
         assert row.retry_count == 0
         assert [a.outcome for a in attempts(engine, mid)] == ["permanent"]
         assert recipients(engine, mid)["gone@example.org"] == ("failed", "550 5.1.1 no such user")
-        (dsn,) = bounces(engine)
+        (dsn,) = dsn_rows(engine)
         assert dsn.mail_from == ""
         await wait_status(engine, dsn.id, "sent")
     bounce = s.messages[-1]
@@ -243,7 +239,7 @@ async def test_partial_delivery_bounces_only_the_refused(
         statuses = recipients(engine, mid)
         assert statuses["ok@example.org"] == ("sent", None)
         assert statuses["gone@example.org"][0] == "failed"
-        (dsn,) = bounces(engine)
+        (dsn,) = dsn_rows(engine)
         await wait_status(engine, dsn.id, "sent")
     report = message_from_bytes(s.messages[-1].data, policy=policy.default)
     blocks = list(report.iter_parts())[1].get_payload()
@@ -268,7 +264,7 @@ async def test_no_bounce_when_not_wanted(
         mid = await service.enqueue(new_message(mail_from=mail_from, notify=notify))
         await wait_status(engine, mid, "failed")
         await asyncio.sleep(0.1)
-    assert bounces(engine) == []
+    assert dsn_rows(engine) == []
 
 
 async def test_auth_error_stops_without_retry(
@@ -287,7 +283,7 @@ async def test_auth_error_stops_without_retry(
     assert attempts(engine, mid)[0].code == 535
     assert "535" in row.error
     assert recipients(engine, mid)["b@example.org"][0] == "auth_error"
-    assert bounces(engine) == []
+    assert dsn_rows(engine) == []
 
 
 async def test_fails_over_to_the_next_provider(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import smtplib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from email.utils import parsedate_to_datetime
@@ -18,7 +18,8 @@ import sqlalchemy as sa
 from daemon.server import Server
 from daemon.store import queue
 from daemon.store.models import messages
-from tests.delivery.conftest import RAW
+from tests.conftest import StartServer
+from tests.delivery.conftest import RAW, dsn_rows
 from tests.sink import Sink, SinkMessage
 
 SENDER = "s@example.com"
@@ -28,10 +29,9 @@ StartRelay = Callable[..., Awaitable[Server]]
 
 
 @pytest.fixture
-async def start_relay(make_config: Callable[..., Any], db_url: str) -> AsyncIterator[StartRelay]:
+def start_relay(start_server: StartServer) -> StartRelay:
     """``await start_relay(sink, queue={...})``: relayd delivering to ``sink``, on the test DB;
     ``provider={...}`` adds to or overrides the sink provider's settings."""
-    started: list[Server] = []
 
     async def start(sink: Sink, provider: dict[str, Any] | None = None, **sections: Any) -> Server:
         provider = {
@@ -41,14 +41,9 @@ async def start_relay(make_config: Callable[..., Any], db_url: str) -> AsyncIter
             "timeout": "5s",
             **(provider or {}),
         }
-        server = Server(make_config(db_url, providers={"sink": provider}, **sections))
-        await server.start()
-        started.append(server)
-        return server
+        return await start_server(providers={"sink": provider}, **sections)  # type: ignore[no-any-return]
 
-    yield start
-    for server in reversed(started):
-        await server.stop()
+    return start
 
 
 def send(
@@ -86,15 +81,6 @@ async def settled(server: Server, mid: str, *statuses: str, timeout: float = 20.
     raise AssertionError(f"{mid} did not settle in {statuses} (DSNs pending: {busy})")
 
 
-def stored_reports(server: Server) -> list[Any]:
-    with server.service.engine.connect() as conn:
-        return list(
-            conn.execute(
-                sa.select(messages).where(messages.c.source == "dsn").order_by(messages.c.id)
-            ).all()
-        )
-
-
 def delivered_reports(sink: Sink) -> list[SinkMessage]:
     """What the sink received from the null sender: the DSNs."""
     return [m for m in sink.messages if m.mail_from == "<>"]
@@ -115,7 +101,7 @@ async def test_notify_success_gets_one_relayed_dsn(start_relay: StartRelay) -> N
         mid = await asyncio.to_thread(send, server, SENDER, rcpts, ["ENVID=abc"])
         await settled(server, mid, "sent")
         await asyncio.sleep(0.3)  # room for a duplicate to show up
-        (stored,) = stored_reports(server)
+        (stored,) = dsn_rows(server.service.engine)
         assert (stored.mail_from, stored.to_addrs, stored.status) == ("", [SENDER], "sent")
         assert stored.subject == "Successful Mail Delivery Report"
         (dsn,) = delivered_reports(sink)
@@ -149,7 +135,7 @@ async def test_one_relayed_dsn_covers_every_recipient_that_asked(start_relay: St
         mid = await asyncio.to_thread(send, server, SENDER, rcpts, ["RET=FULL"])
         await settled(server, mid, "sent")
         await asyncio.sleep(0.3)
-        assert len(stored_reports(server)) == 1
+        assert len(dsn_rows(server.service.engine)) == 1
         (dsn,) = delivered_reports(sink)
     report, blocks = parse(dsn)
     assert [(b["Final-Recipient"], b["Action"]) for b in blocks[1:]] == [
@@ -183,7 +169,7 @@ async def test_no_success_dsn_when_not_ours_to_send(
         mid = await asyncio.to_thread(send, server, mail_from, {"x@example.org": options}, [])
         await settled(server, mid, "sent")
         await asyncio.sleep(0.3)
-        assert stored_reports(server) == []
+        assert dsn_rows(server.service.engine) == []
         (only,) = sink.messages
     if dsn_sink:
         assert only.rcpt_options == [options]
@@ -224,7 +210,7 @@ async def test_notify_delay_gets_one_delayed_dsn_across_retries(
             tries = queue.get_attempts(conn, mid)
         assert [a.outcome for a in tries] == ["temporary"] * 5
         assert row.retry_count == 4
-        stored = stored_reports(server)
+        stored = dsn_rows(server.service.engine)
         delivered = delivered_reports(sink)
     assert [r.metadata["dsn_action"] for r in stored] == actions
     assert sorted(parse(m)[1][1]["Action"] for m in delivered) == sorted(actions)
@@ -262,7 +248,7 @@ def row_of(server: Server, mid: str) -> Any:
 
 
 def delay_reports(server: Server) -> list[Any]:
-    return [r for r in stored_reports(server) if r.metadata["dsn_action"] == "delayed"]
+    return [r for r in dsn_rows(server.service.engine) if r.metadata["dsn_action"] == "delayed"]
 
 
 def raw_of(server: Server, mid: str) -> bytes:
@@ -403,9 +389,9 @@ async def test_waiting_at_a_rate_limit_gets_one_delayed_dsn(start_relay: StartRe
         await settled(server, first, "sent")
         rcpts = {"x@example.org": ["NOTIFY=DELAY"]}
         mid = await asyncio.to_thread(send, server, SENDER, rcpts, ["ENVID=abc"])
-        await until(lambda: bool(stored_reports(server)), "the delay DSN")
+        await until(lambda: bool(dsn_rows(server.service.engine)), "the delay DSN")
         await asyncio.sleep(0.3)  # room for a duplicate
-        (stored,) = stored_reports(server)
+        (stored,) = dsn_rows(server.service.engine)
         row = row_of(server, mid)
         assert (row.status, row.retry_count) == ("queued", 0)
         assert row.error.startswith("no provider can take the message now (sink: daily rate limit)")

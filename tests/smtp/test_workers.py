@@ -12,7 +12,7 @@ import os
 import signal
 import smtplib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -24,31 +24,22 @@ import sqlalchemy as sa
 from daemon.server import Server
 from daemon.smtp.workers import WorkerPool
 from daemon.store.engine import make_engine
+from tests.conftest import StartServer
 
 HOST = "127.0.0.1"
 AUTH = {"Authorization": "Bearer test-admin-token"}
 MESSAGE = b"Subject: worker test\r\nFrom: a@example.com\r\nTo: b@example.org\r\n\r\nhello\r\n"
 
-StartServer = Callable[..., Any]
-
 
 @pytest.fixture
-async def start_server(
-    make_config: Callable[..., Any], db_url: str
-) -> AsyncIterator[Callable[..., Any]]:
-    servers: list[Server] = []
+def start_server(start_server: StartServer) -> StartServer:
+    """The shared fixture, with two SMTP worker processes unless ``smtp`` says otherwise."""
 
     async def start(**sections: Any) -> Server:
         smtp = {"workers": 2, **sections.pop("smtp", {})}
-        server = Server(make_config(db_url, smtp=smtp, **sections))
-        await server.start()
-        servers.append(server)
-        return server
+        return await start_server(smtp=smtp, **sections)  # type: ignore[no-any-return]
 
-    yield start
-    for server in servers:
-        if not server._stopped.is_set():
-            await server.stop()
+    return start
 
 
 def pool(server: Server) -> WorkerPool:
