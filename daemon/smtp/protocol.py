@@ -232,18 +232,16 @@ class RelaySMTP(SMTP):
     ) -> None:
         # On the SMTPS port the whole session is TLS, so AUTH needs no STARTTLS first.
         kwargs["auth_require_tls"] = not implicit_tls
-        try:
-            key: Any = (type(self), tuple(sorted(kwargs.items())))
-            hash(key)
-        except TypeError:  # an unhashable option: no template
-            key = None
-        templates = self._templates.setdefault(handler, {}) if key is not None else {}
+        # The options (hashable: numbers, strings, the loop, the TLS context) and class.
+        key = (type(self), tuple(sorted(kwargs.items())))
+        templates = self._templates.get(handler)
+        if templates is None:
+            templates = self._templates[handler] = {}
         template = templates.get(key)
         if template is None:
             super().__init__(handler, **kwargs)
             self._listing_for_init = False
-            if key is not None:
-                templates[key] = _Template(self, _protocol_keys(type(self), self.loop))
+            templates[key] = _Template(self, _protocol_keys(type(self), self.loop))
         else:
             self._from_template(template)
         self._relay_init(implicit_tls, sessions)
