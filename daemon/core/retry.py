@@ -78,11 +78,14 @@ def backoff(retry: int, base: float, cap: float, rng: random.Random) -> float:
     """
     if base <= 0:
         return 0.0
-    exponent = min(max(retry, 0), 62)
-    delay = base * float(1 << exponent)
-    if cap > 0:
-        delay = min(cap, delay)
+    delay = _full_delay(retry, base, cap)
     return delay / 2 + rng.random() * delay / 2
+
+
+def _full_delay(retry: int, base: float, cap: float) -> float:
+    """``base * 2**retry`` capped: the longest wait before retry number ``retry``."""
+    delay = base * float(1 << min(max(retry, 0), 62))
+    return min(cap, delay) if cap > 0 else delay
 
 
 def retries_end(
@@ -95,15 +98,10 @@ def retries_end(
     None when that time is past what a datetime can hold.
     """
     total = 0.0
-    for retry in range(max(retry_count, 0), max_retries):
-        if base <= 0:
-            break
-        delay = base * float(1 << min(retry, 62))
-        if cap > 0 and delay >= cap:
-            total += cap * (max_retries - retry)  # every later delay is the cap
-            break
-        if retry >= 62:
-            total += delay * (max_retries - retry)  # the exponent stops growing
+    for retry in range(max(retry_count, 0), max_retries if base > 0 else 0):
+        delay = _full_delay(retry, base, cap)
+        if (cap > 0 and delay >= cap) or retry >= 62:
+            total += delay * (max_retries - retry)  # at the cap, or the exponent's end
             break
         total += delay
     try:
