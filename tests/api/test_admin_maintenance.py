@@ -13,9 +13,7 @@ import pytest
 
 from daemon.server import Server
 from tests.api.conftest import AUTH, assert_envelope, message
-from tests.api.test_admin_config import StartServer, start_server
-
-__all__ = ["start_server"]
+from tests.conftest import StartServer
 
 
 def smtp_mail_reply(port: int) -> tuple[int, bytes]:
