@@ -358,6 +358,7 @@ async def test_two_daemons_deliver_each_message_once(
     engine: Engine, db_url: str, make_service: ServiceFactory, running: Running, sink: Sink
 ) -> None:
     second_engine = make_engine(db_url)
+    second = None
     try:
         settings = {"queue": {"batch_size": 5, "concurrency": 4}, "providers": sink_provider(sink)}
         first = await make_service(**settings)
@@ -377,6 +378,8 @@ async def test_two_daemons_deliver_each_message_once(
     finally:
         await running.close()
         running.items.clear()
+        if second is not None:  # its writer's connection goes back before the pool is disposed
+            await second.close()
         second_engine.dispose()
 
 
