@@ -20,6 +20,7 @@ import fcntl
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -33,6 +34,7 @@ log = logging.getLogger("relayd.store")
 
 T = TypeVar("T")
 ItemT = TypeVar("ItemT")
+KEEP_CONNECTION = 1.0  # seconds the writer keeps its connection between commits
 Op = Callable[[Connection], Any]
 BatchFn = Callable[[Connection, list[Any]], list[Any]]
 
@@ -90,10 +92,15 @@ class Committer:
         self._closed = False
         self.commits = 0
         self.ops = 0
-        # The writer thread's own connection, kept between commits: checking one out of
-        # the pool and back (with its reset) for every commit cost about as much Python
-        # time as a small commit's statements. Dropped after any failure.
+        # The writer thread's own connection, kept from one commit to the next while
+        # they follow within ``keep_connection`` seconds: checking one out of the pool
+        # and back (with its reset) for every commit cost about as much Python time as
+        # a small commit's statements. An idle one goes back to the pool, whose
+        # pre-ping (PostgreSQL) replaces it if the server dropped it meanwhile; a
+        # failure drops it.
+        self.keep_connection = KEEP_CONNECTION
         self._conn: Connection | None = None
+        self._conn_used = 0.0
         path = writer_lock_path(engine)
         self._lock_fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600) if path else None
 
@@ -183,9 +190,13 @@ class Committer:
 
     def _transaction(self, ops: list[Op | _Batched]) -> list[Any]:
         """Run ``ops`` in one transaction on the writer's connection and commit it."""
+        now = time.monotonic()
+        if self._conn is not None and now - self._conn_used > self.keep_connection:
+            self._disconnect()
         conn = self._conn
         if conn is None or conn.closed or conn.invalidated:
             conn = self._conn = self._engine.connect()
+        self._conn_used = now
         try:
             with conn.begin():
                 results = _run_all(conn, ops)

@@ -6,6 +6,7 @@ import asyncio
 import threading
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -218,6 +219,52 @@ async def test_group_commit_batches_concurrent_writes(engine: Engine) -> None:
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(messages)).scalar() == 101
         assert conn.execute(sa.select(sa.func.count()).select_from(delivery_attempts)).scalar() == 0
+
+
+def _session_id(conn: sa.Connection) -> Any:
+    """Which database session ``conn`` is: the server's backend pid, or SQLite's handle."""
+    if conn.dialect.name == "postgresql":
+        return conn.execute(sa.text("SELECT pg_backend_pid()")).scalar()
+    return id(conn.connection.dbapi_connection)
+
+
+async def test_the_writer_keeps_its_connection_and_drops_it_after_a_failure(
+    engine: Engine,
+) -> None:
+    committer = Committer(engine)
+    await committer.start()
+    try:
+        first = await committer.run(_session_id)
+        assert await committer.run(_session_id) == first
+        with pytest.raises(ZeroDivisionError):
+            await committer.run(lambda c: (_session_id(c), 1 / 0))
+        # The next commit works, on a connection in a fresh state.
+        assert await committer.run(_session_id) is not None
+        assert await committer.run(lambda c: queue.insert_messages(c, [new_message()])) is None
+    finally:
+        await committer.close()
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(messages)).scalar() == 1
+
+
+async def test_a_connection_the_server_dropped_while_idle_is_not_used_again(
+    engine: Engine,
+) -> None:
+    """PostgreSQL restarted, or killed the idle session: the next write still commits."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no server to drop a connection")
+    committer = Committer(engine)
+    committer.keep_connection = 0.05
+    await committer.start()
+    try:
+        backend = await committer.run(_session_id)
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": backend}).scalar()
+        await asyncio.sleep(0.2)
+        assert await committer.run(lambda c: queue.insert_messages(c, [new_message()])) is None
+        assert await committer.run(_session_id) != backend
+    finally:
+        await committer.close()
 
 
 async def test_a_write_given_time_joins_the_next_commit_or_commits_when_time_is_up(
