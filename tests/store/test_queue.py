@@ -228,21 +228,26 @@ def _session_id(conn: sa.Connection) -> Any:
     return id(conn.connection.dbapi_connection)
 
 
-async def test_the_writer_keeps_its_connection_and_drops_it_after_a_failure(
+async def test_the_writer_holds_one_connection_between_commits_and_drops_it_after_a_failure(
     engine: Engine,
 ) -> None:
     committer = Committer(engine)
     await committer.start()
     try:
+        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
         first = await committer.run(_session_id)
+        # Kept by the writer between commits, not handed back to the pool each time.
+        assert engine.pool.checkedout() == 1  # type: ignore[attr-defined]
         assert await committer.run(_session_id) == first
+        assert engine.pool.checkedout() == 1  # type: ignore[attr-defined]
         with pytest.raises(ZeroDivisionError):
-            await committer.run(lambda c: (_session_id(c), 1 / 0))
+            await committer.run(lambda c: 1 / 0)
+        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
         # The next commit works, on a connection in a fresh state.
-        assert await committer.run(_session_id) is not None
         assert await committer.run(lambda c: queue.insert_messages(c, [new_message()])) is None
     finally:
         await committer.close()
+    assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(messages)).scalar() == 1
 
