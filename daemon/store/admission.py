@@ -10,7 +10,9 @@ commit to (``committer.run_batched(admit, Admission(...))``). Per batch it
 2. decides each message in arrival order, in memory: admitted only if every one
    of its windows has room for one more (all or nothing per message);
 3. adds each touched counter's total in one ``UPDATE`` executemany, and inserts
-   the admitted messages with :func:`daemon.store.queue.insert_messages`.
+   the admitted messages with :func:`daemon.store.queue.insert_prepared`, whose
+   parameters :func:`daemon.store.queue.prepare_messages` built before the
+   transaction began (outside the SQLite writer lock).
 
 Why the counts stay exact: on PostgreSQL the row locks make a second daemon's
 batch wait for this transaction and then read the committed counts (READ
@@ -28,7 +30,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Dialect
 
 from daemon.core.message import NewMessage
 from daemon.store import queue
@@ -112,28 +114,47 @@ def add_counts(conn: Connection, deltas: dict[CounterKey, int]) -> None:
         )
 
 
-def admit(conn: Connection, items: list[Admission]) -> list[Consumed]:
-    """Admit or refuse each item in order; the admitted are counted and inserted."""
-    counts = lock_counters(conn, [b for item in items for b in item.buckets])
-    deltas: dict[CounterKey, int] = {}
-    admitted: list[NewMessage] = []
-    results: list[Consumed] = []
-    for item in items:
-        keys = [(b.key, b.window_start) for b in item.buckets]
-        full = next(
-            (
-                index
-                for index, (bucket, key) in enumerate(zip(item.buckets, keys, strict=True))
-                if bucket.limit is not None and counts[key] + 1 > bucket.limit
-            ),
-            None,
-        )
-        if full is None:
-            for key in keys:
-                counts[key] += 1
-                deltas[key] = deltas.get(key, 0) + 1
-            admitted.append(item.message)
-        results.append(Consumed(full is None, tuple(counts[key] for key in keys), full))
-    add_counts(conn, deltas)
-    queue.insert_messages(conn, admitted)
-    return results
+class _Admit:
+    """The batch function (a :class:`daemon.store.committer.PreparedBatch`).
+
+    The messages' insert parameters are built by :meth:`prepare`, which the
+    committer runs before it takes the writer lock; only the counter statements,
+    the decisions and the inserts themselves run inside the transaction.
+    """
+
+    def prepare(self, dialect: Dialect, items: list[Admission]) -> queue.PreparedMessages:
+        return queue.prepare_messages(dialect, [item.message for item in items])
+
+    def run(
+        self, conn: Connection, items: list[Admission], prepared: queue.PreparedMessages
+    ) -> list[Consumed]:
+        """Admit or refuse each item in order; the admitted are counted and inserted."""
+        counts = lock_counters(conn, [b for item in items for b in item.buckets])
+        deltas: dict[CounterKey, int] = {}
+        admitted: list[int] = []
+        results: list[Consumed] = []
+        for index, item in enumerate(items):
+            keys = [(b.key, b.window_start) for b in item.buckets]
+            full = next(
+                (
+                    i
+                    for i, (bucket, key) in enumerate(zip(item.buckets, keys, strict=True))
+                    if bucket.limit is not None and counts[key] + 1 > bucket.limit
+                ),
+                None,
+            )
+            if full is None:
+                for key in keys:
+                    counts[key] += 1
+                    deltas[key] = deltas.get(key, 0) + 1
+                admitted.append(index)
+            results.append(Consumed(full is None, tuple(counts[key] for key in keys), full))
+        add_counts(conn, deltas)
+        queue.insert_prepared(conn, prepared.subset(admitted))
+        return results
+
+    def __call__(self, conn: Connection, items: list[Admission]) -> list[Consumed]:
+        return self.run(conn, items, self.prepare(conn.dialect, items))
+
+
+admit = _Admit()

@@ -23,9 +23,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from daemon.store.engine import StoreError, classify_error
@@ -39,6 +39,22 @@ Op = Callable[[Connection], Any]
 BatchFn = Callable[[Connection, list[Any]], list[Any]]
 
 
+class PreparedBatch(Protocol):
+    """A batch function whose Python work on its items can be done before the transaction.
+
+    ``prepare(dialect, items)`` builds what needs no database (statement parameters);
+    the committer runs it in the writer thread *before* it takes the SQLite writer
+    lock, and then ``run(conn, items, prepared)`` inside the transaction. Called as
+    a plain batch function, it does both in the transaction.
+    """
+
+    def prepare(self, dialect: Dialect, items: list[Any]) -> Any: ...
+
+    def run(self, conn: Connection, items: list[Any], prepared: Any) -> list[Any]: ...
+
+    def __call__(self, conn: Connection, items: list[Any]) -> list[Any]: ...
+
+
 class _Batched:
     """Items sharing ``fn`` in one commit are handed to ``fn`` together (one executemany)."""
 
@@ -47,17 +63,38 @@ class _Batched:
         self.item = item
 
 
-def _run_all(conn: Connection, ops: list[Op | _Batched]) -> list[Any]:
-    results: list[Any] = [None] * len(ops)
+def _groups(ops: list[Op | _Batched]) -> dict[BatchFn, list[int]]:
     groups: dict[BatchFn, list[int]] = {}
     for index, op in enumerate(ops):
         if isinstance(op, _Batched):
             groups.setdefault(op.fn, []).append(index)
-        else:
+    return groups
+
+
+def _prepare_all(dialect: Dialect, ops: list[Op | _Batched]) -> dict[BatchFn, Any]:
+    """What each :class:`PreparedBatch` group of ``ops`` prepares, before any lock is taken."""
+    prepared: dict[BatchFn, Any] = {}
+    for fn, indexes in _groups(ops).items():
+        prepare = getattr(fn, "prepare", None)
+        if prepare is not None:
+            prepared[fn] = prepare(dialect, [ops[i].item for i in indexes])  # type: ignore[union-attr]
+    return prepared
+
+
+def _run_all(
+    conn: Connection, ops: list[Op | _Batched], prepared: dict[BatchFn, Any] | None = None
+) -> list[Any]:
+    results: list[Any] = [None] * len(ops)
+    for index, op in enumerate(ops):
+        if not isinstance(op, _Batched):
             results[index] = op(conn)
-    for fn, indexes in groups.items():
+    for fn, indexes in _groups(ops).items():
         items = [ops[i].item for i in indexes]  # type: ignore[union-attr]
-        for index, value in zip(indexes, fn(conn, items), strict=True):
+        if prepared is not None and fn in prepared:
+            values = fn.run(conn, items, prepared[fn])  # type: ignore[attr-defined]
+        else:
+            values = fn(conn, items)
+        for index, value in zip(indexes, values, strict=True):
             results[index] = value
     return results
 
@@ -185,10 +222,18 @@ class Committer:
 
     def _commit(self, ops: list[Op | _Batched]) -> list[tuple[bool, Any]]:
         """Commit all ops together; if that fails, retry each alone so one bad op fails alone."""
+        try:
+            # Python work that needs no database, done before the lock (PreparedBatch).
+            prepared: dict[BatchFn, Any] | None = _prepare_all(self._engine.dialect, ops)
+        except Exception as exc:
+            log.debug("preparing a batch of %d failed (%s); one by one", len(ops), exc)
+            prepared = None
         with self._exclusive():
-            return self._commit_locked(ops)
+            return self._commit_locked(ops, prepared)
 
-    def _transaction(self, ops: list[Op | _Batched]) -> list[Any]:
+    def _transaction(
+        self, ops: list[Op | _Batched], prepared: dict[BatchFn, Any] | None = None
+    ) -> list[Any]:
         """Run ``ops`` in one transaction on the writer's connection and commit it."""
         now = time.monotonic()
         if self._conn is not None and now - self._conn_used > self.keep_connection:
@@ -199,7 +244,7 @@ class Committer:
         self._conn_used = now
         try:
             with conn.begin():
-                results = _run_all(conn, ops)
+                results = _run_all(conn, ops, prepared)
         except BaseException:
             self._disconnect()  # whatever state it is in, the next commit starts afresh
             raise
@@ -213,13 +258,16 @@ class Committer:
             with contextlib.suppress(Exception):
                 conn.close()
 
-    def _commit_locked(self, ops: list[Op | _Batched]) -> list[tuple[bool, Any]]:
-        try:
-            return [(True, r) for r in self._transaction(ops)]
-        except Exception as exc:
-            if len(ops) == 1:
-                return [(False, self._wrap(exc))]
-            log.debug("batch of %d failed (%s); retrying one by one", len(ops), exc)
+    def _commit_locked(
+        self, ops: list[Op | _Batched], prepared: dict[BatchFn, Any] | None
+    ) -> list[tuple[bool, Any]]:
+        if prepared is not None or len(ops) == 1:
+            try:
+                return [(True, r) for r in self._transaction(ops, prepared)]
+            except Exception as exc:
+                if len(ops) == 1:
+                    return [(False, self._wrap(exc))]
+                log.debug("batch of %d failed (%s); retrying one by one", len(ops), exc)
         outcomes: list[tuple[bool, Any]] = []
         for op in ops:
             try:

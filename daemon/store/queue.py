@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Dialect
 
 from daemon.core.message import (
     CANCELLABLE_STATUSES,
@@ -26,7 +26,7 @@ from daemon.core.message import (
     Recipient,
 )
 from daemon.store import counters
-from daemon.store.direct import Direct
+from daemon.store.direct import Direct, Prepared
 from daemon.store.models import (
     delivery_attempts,
     message_content,
@@ -44,61 +44,105 @@ _INSERT_ATTEMPT = Direct(delivery_attempts.insert(), columns_from_rows=True)
 
 def insert_messages(conn: Connection, batch: Sequence[NewMessage]) -> None:
     """Insert messages, their bytes and recipients with three executemany statements."""
-    if not batch:
+    if batch:
+        insert_prepared(conn, prepare_messages(conn.dialect, batch))
+
+
+@dataclass(frozen=True)
+class PreparedMessages:
+    """The insert statements of a batch of messages with their driver parameters built."""
+
+    batch: Sequence[NewMessage]
+    messages: Prepared
+    contents: Prepared
+    recipients: Prepared
+    recipient_counts: list[int]  # how many recipient rows each message has, in order
+
+    def subset(self, indexes: Sequence[int]) -> PreparedMessages:
+        """The same inserts for the messages at ``indexes`` only (in order)."""
+        if len(indexes) == len(self.batch):
+            return self
+        starts = [0]
+        for count in self.recipient_counts:
+            starts.append(starts[-1] + count)
+        rcpt_rows = [j for i in indexes for j in range(starts[i], starts[i + 1])]
+        return PreparedMessages(
+            [self.batch[i] for i in indexes],
+            self.messages.subset(indexes),
+            self.contents.subset(indexes),
+            self.recipients.subset(rcpt_rows),
+            [self.recipient_counts[i] for i in indexes],
+        )
+
+
+def prepare_messages(dialect: Dialect, batch: Sequence[NewMessage]) -> PreparedMessages:
+    """Build the insert parameters of ``batch`` (no database access: before the transaction)."""
+    return PreparedMessages(
+        batch,
+        _INSERT_MESSAGE.prepare(
+            dialect,
+            [
+                {
+                    "id": m.id,
+                    "uuid": m.uuid,
+                    "workspace_id": m.workspace_id,
+                    "campaign_id": m.campaign_id,
+                    "user_id": m.user_id,
+                    "source": m.source,
+                    "mail_from": m.mail_from,
+                    "from_header": m.from_header,
+                    "to_addrs": m.to,
+                    "cc_addrs": m.cc,
+                    "bcc_addrs": m.bcc,
+                    "subject": m.subject,
+                    "headers": m.headers,
+                    "attachments": m.attachments,
+                    "metadata": m.metadata,
+                    "priority": m.priority,
+                    "status": m.status,
+                    "size": len(m.raw),
+                    "retry_count": 0,
+                    "max_retries": m.max_retries,
+                    "dsn_ret": m.dsn_ret,
+                    "dsn_envid": m.dsn_envid,
+                    "personalization": m.personalization,
+                    "from_email_id": m.from_email_id,
+                    "thread_id": m.thread_id,
+                    "queued_at": m.queued_at,
+                    "send_at": m.send_at,
+                    "next_attempt_at": m.next_attempt_at,
+                    "updated_at": m.queued_at,
+                }
+                for m in batch
+            ],
+        ),
+        _INSERT_CONTENT.prepare(dialect, [{"message_id": m.id, "raw": m.raw} for m in batch]),
+        _INSERT_RECIPIENT.prepare(
+            dialect,
+            [
+                {
+                    "message_id": m.id,
+                    "address": r.address,
+                    "status": "pending",
+                    "notify": r.notify,
+                    "orcpt": r.orcpt,
+                }
+                for m in batch
+                for r in m.recipients
+            ],
+        ),
+        [len(m.recipients) for m in batch],
+    )
+
+
+def insert_prepared(conn: Connection, prepared: PreparedMessages) -> None:
+    """Run the inserts :func:`prepare_messages` built, in the caller's transaction."""
+    if not prepared.batch:
         return
-    _INSERT_MESSAGE.executemany(
-        conn,
-        [
-            {
-                "id": m.id,
-                "uuid": m.uuid,
-                "workspace_id": m.workspace_id,
-                "campaign_id": m.campaign_id,
-                "user_id": m.user_id,
-                "source": m.source,
-                "mail_from": m.mail_from,
-                "from_header": m.from_header,
-                "to_addrs": m.to,
-                "cc_addrs": m.cc,
-                "bcc_addrs": m.bcc,
-                "subject": m.subject,
-                "headers": m.headers,
-                "attachments": m.attachments,
-                "metadata": m.metadata,
-                "priority": m.priority,
-                "status": m.status,
-                "size": len(m.raw),
-                "retry_count": 0,
-                "max_retries": m.max_retries,
-                "dsn_ret": m.dsn_ret,
-                "dsn_envid": m.dsn_envid,
-                "personalization": m.personalization,
-                "from_email_id": m.from_email_id,
-                "thread_id": m.thread_id,
-                "queued_at": m.queued_at,
-                "send_at": m.send_at,
-                "next_attempt_at": m.next_attempt_at,
-                "updated_at": m.queued_at,
-            }
-            for m in batch
-        ],
-    )
-    _INSERT_CONTENT.executemany(conn, [{"message_id": m.id, "raw": m.raw} for m in batch])
-    _INSERT_RECIPIENT.executemany(
-        conn,
-        [
-            {
-                "message_id": m.id,
-                "address": r.address,
-                "status": "pending",
-                "notify": r.notify,
-                "orcpt": r.orcpt,
-            }
-            for m in batch
-            for r in m.recipients
-        ],
-    )
-    counters.on_enqueued(conn, batch)
+    Direct.run_prepared(conn, prepared.messages)
+    Direct.run_prepared(conn, prepared.contents)
+    Direct.run_prepared(conn, prepared.recipients)
+    counters.on_enqueued(conn, prepared.batch)
 
 
 _PROMOTE_DUE = Direct(

@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 from daemon.store import admission
 from daemon.store.committer import Committer
 from daemon.store.engine import make_engine
-from daemon.store.models import messages
+from daemon.store.models import message_recipients, messages
 from daemon.store.tenancy import Bucket, peek
 from tests.store.test_queue import NOW, new_message
 
@@ -115,3 +115,29 @@ def test_an_empty_bucket_list_admits(engine: Engine) -> None:
     with engine.begin() as conn:
         results = admission.admit(conn, [admission.Admission(new_message(), ())])
     assert results[0].ok and results[0].counts == ()
+
+
+def test_refused_messages_leave_no_rows_and_the_admitted_keep_their_recipients(
+    engine: Engine,
+) -> None:
+    limited = bucket("ws:d", 2)
+    items = [
+        admission.Admission(new_message(rcpts=2), (limited,)),
+        admission.Admission(new_message(rcpts=3), (bucket("ws:e", 0),)),  # refused
+        admission.Admission(new_message(rcpts=1), (limited,)),
+        admission.Admission(new_message(rcpts=4), (limited,)),  # refused: ws:d is full
+    ]
+    with engine.begin() as conn:
+        results = admission.admit(conn, items)
+    assert [r.ok for r in results] == [True, False, True, False]
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(message_recipients.c.message_id, message_recipients.c.address)
+        ).all()
+    expected = {
+        (item.message.id, r.address)
+        for item, result in zip(items, results, strict=True)
+        if result.ok
+        for r in item.message.recipients
+    }
+    assert set(rows) == expected and len(rows) == 3

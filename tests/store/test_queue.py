@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import threading
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -15,7 +17,7 @@ from sqlalchemy.engine import Engine
 from daemon.core.ids import message_id
 from daemon.core.message import Attempt, NewMessage, Outcome, Recipient
 from daemon.store import queue
-from daemon.store.committer import Committer
+from daemon.store.committer import Committer, writer_lock_path
 from daemon.store.models import delivery_attempts, message_recipients, messages
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
@@ -327,3 +329,72 @@ async def test_batched_writes_share_one_call_per_commit(engine: Engine) -> None:
     )
     assert isinstance(results[0], Exception) and isinstance(results[1], str)
     await committer.close()
+
+
+class _LockProbe:
+    """A PreparedBatch that records whether the SQLite writer lock was free at each step."""
+
+    def __init__(self, lock_path: str | None) -> None:
+        self.lock_path = lock_path
+        self.steps: list[tuple[str, int, bool | None]] = []
+
+    def _lock_free(self) -> bool | None:
+        if self.lock_path is None:
+            return None  # PostgreSQL: no lock file
+        fd = os.open(self.lock_path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)  # closing drops a lock this probe took
+        return True
+
+    def prepare(self, dialect: sa.Dialect, items: list[NewMessage]) -> queue.PreparedMessages:
+        if any(m.metadata.get("fail") == "prepare" for m in items):
+            raise ValueError("cannot prepare")
+        self.steps.append(("prepare", len(items), self._lock_free()))
+        return queue.prepare_messages(dialect, items)
+
+    def run(
+        self, conn: sa.Connection, items: list[NewMessage], prepared: queue.PreparedMessages
+    ) -> list[str]:
+        self.steps.append(("run", len(items), self._lock_free()))
+        queue.insert_prepared(conn, prepared)
+        return [m.id for m in items]
+
+    def __call__(self, conn: sa.Connection, items: list[NewMessage]) -> list[str]:
+        return self.run(conn, items, self.prepare(conn.dialect, items))
+
+
+async def test_a_prepared_batch_builds_its_rows_before_the_writer_lock(engine: Engine) -> None:
+    probe = _LockProbe(writer_lock_path(engine))
+    committer = Committer(engine)
+    await committer.start()
+    try:
+        batch = [new_message(rcpts=2) for _ in range(20)]
+        ids = await asyncio.gather(*(committer.run_batched(probe, m) for m in batch))
+        assert ids == [m.id for m in batch]
+        assert [n for step, n, _ in probe.steps if step == "run"] == [
+            n for step, n, _ in probe.steps if step == "prepare"
+        ]
+        if probe.lock_path is not None:
+            # Prepared with the lock free, run while the committer holds it.
+            assert {free for step, _, free in probe.steps if step == "prepare"} == {True}
+            assert {free for step, _, free in probe.steps if step == "run"} == {False}
+        # A batch whose preparation fails is committed item by item: only the bad one fails.
+        bad = new_message(metadata={"fail": "prepare"})
+        good = new_message()
+        results = await asyncio.gather(
+            committer.run_batched(probe, bad),
+            committer.run_batched(probe, good),
+            return_exceptions=True,
+        )
+        assert isinstance(results[0], ValueError) and results[1] == good.id
+    finally:
+        await committer.close()
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(messages)).scalar() == 21
+        assert (
+            conn.execute(sa.select(sa.func.count()).select_from(message_recipients)).scalar() == 41
+        )
