@@ -8,7 +8,7 @@ import socket
 import ssl
 import time
 
-from daemon.config import Config, machine_fqdn
+from daemon.config import Config, relay_hostname
 from daemon.service import RelayService
 from daemon.smtp.handler import RelayHandler
 from daemon.smtp.protocol import RelaySMTP
@@ -25,7 +25,9 @@ class SmtpListeners:
         self.config = config
         self.service = service
         self.ssl_context = ssl_context
-        self.hostname = config.smtp.hostname
+        # The relay's name (relay_hostname, looked up in start); a worker process sets
+        # the one the daemon found before starting it.
+        self.hostname = ""
         self.handler: RelayHandler | None = None
         self.sessions: set[RelaySMTP] = set()
         self._servers: list[asyncio.Server] = []
@@ -58,7 +60,7 @@ class SmtpListeners:
         """
         loop = asyncio.get_running_loop()
         if not self.hostname:
-            self.hostname = await loop.run_in_executor(None, machine_fqdn)
+            self.hostname = await loop.run_in_executor(None, relay_hostname, self.config)
         # aiosmtpd logs every command at INFO; relayd logs one line per event instead.
         aiosmtpd_log = logging.getLogger("mail.log")
         if aiosmtpd_log.level == logging.NOTSET:

@@ -44,7 +44,7 @@ import time
 import types
 from typing import Any
 
-from daemon.config import Config, machine_fqdn
+from daemon.config import Config, relay_hostname
 from daemon.service import RelayService
 
 log = logging.getLogger("relayd.smtp")
@@ -179,7 +179,7 @@ class WorkerPool:
         self.cert = cert
         self.key = key
         self.count = count
-        self.hostname = config.smtp.hostname
+        self.hostname = ""  # relay_hostname, looked up in start and handed to the workers
         self._listeners: tuple[list[socket.socket], list[socket.socket]] = ([], [])
         self._workers: list[_Worker] = []
         self._stopping = False
@@ -201,9 +201,8 @@ class WorkerPool:
     async def start(self) -> None:
         """Bind both ports, start every worker, and return once all of them serve."""
         smtp = self.config.smtp
-        if not self.hostname:
-            loop = asyncio.get_running_loop()
-            self.hostname = await loop.run_in_executor(None, machine_fqdn)
+        loop = asyncio.get_running_loop()
+        self.hostname = await loop.run_in_executor(None, relay_hostname, self.config)
         plain = bind_listeners(smtp.host, smtp.port, listen=False, reuse_port=True)
         try:
             tls = bind_listeners(smtp.host, smtp.tls_port, listen=False, reuse_port=True)
