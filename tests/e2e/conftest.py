@@ -83,7 +83,11 @@ class Daemon:
             )
         wait_for_port(self.http_port, proc=self.proc)
         wait_for_port(self.smtp_port, proc=self.proc)
-        httpx.get(f"{self.url}/health", timeout=5).raise_for_status()
+        try:
+            httpx.get(f"{self.url}/health", timeout=5).raise_for_status()
+        except httpx.HTTPError as exc:  # say what relayd logged, not only what the client saw
+            tail = self.log.read_text(errors="replace").splitlines()[-20:]
+            raise RuntimeError(f"/health failed: {exc}\nrelayd.log:\n" + "\n".join(tail)) from exc
 
     def kill9(self) -> None:
         assert self.proc is not None
