@@ -183,6 +183,7 @@ class WorkerPool:
         self._listeners: tuple[list[socket.socket], list[socket.socket]] = ([], [])
         self._workers: list[_Worker] = []
         self._stopping = False
+        self._serving = False  # every worker of start() is ready; later losses restart
         self._buffer = bytearray(PACKET)
 
     @property
@@ -222,6 +223,7 @@ class WorkerPool:
         except BaseException:
             await self.stop(grace=0)
             raise
+        self._serving = True
         log.info(
             "SMTP listening on %s:%d (STARTTLS) and %s:%d (TLS) as %s in %d worker process%s",
             smtp.host,
@@ -316,10 +318,12 @@ class WorkerPool:
         """The worker's control socket closed: it exited (or is about to)."""
         self._close_control(worker)
         if worker.ready is not None and not worker.ready.done():
-            code = self._reap(worker)
-            reason = f"SMTP worker {worker.index} failed to start (exit code {code})"
-            worker.ready.set_exception(OSError(errno.ECHILD, reason))
-            return
+            if not self._serving:  # start() waits for it and gives up
+                code = self._reap(worker)
+                reason = f"SMTP worker {worker.index} failed to start (exit code {code})"
+                worker.ready.set_exception(OSError(errno.ECHILD, reason))
+                return
+            worker.ready.cancel()  # a restart nobody waits for: it is tried again below
         if self._stopping:
             return
         loop = asyncio.get_running_loop()

@@ -167,12 +167,38 @@ async def test_a_killed_worker_is_started_again(start_server: StartServer) -> No
     server = await start_server()
     victim = pool(server).pids[0]
     os.kill(victim, signal.SIGKILL)
-    pids = await wait_until(
-        lambda: (
-            len(pool(server).pids) == 2 and victim not in pool(server).pids and pool(server).pids
-        )
-    )
-    assert len(pids) == 2
+
+    def replaced() -> list[int] | None:
+        pids = pool(server).pids  # one reading: the victim may die between two
+        return pids if len(pids) == 2 and victim not in pids else None
+
+    pids = await wait_until(replaced)
+    assert len(pids) == 2 and victim not in pids
+    for _ in range(4):
+        assert all(code == 250 for code, _ in await asyncio.to_thread(send, server.smtp_port, 1))
+
+
+async def test_a_restarted_worker_that_dies_before_it_is_ready_is_started_again(
+    start_server: StartServer,
+) -> None:
+    server = await start_server()
+    first = pool(server).pids[0]
+    os.kill(first, signal.SIGKILL)
+
+    def restarted() -> list[int] | None:
+        pids = pool(server).pids
+        return pids if len(pids) == 2 and first not in pids else None
+
+    second = next(pid for pid in await wait_until(restarted) if pid != first)
+    worker = next(w for w in pool(server)._workers if w.process and w.process.pid == second)
+    assert worker.ready is not None and not worker.ready.done(), "ready before it was killed"
+    os.kill(second, signal.SIGKILL)
+
+    def again() -> list[int] | None:
+        pids = pool(server).pids
+        return pids if len(pids) == 2 and not {first, second} & set(pids) else None
+
+    await wait_until(again)
     for _ in range(4):
         assert all(code == 250 for code, _ in await asyncio.to_thread(send, server.smtp_port, 1))
 
