@@ -471,6 +471,13 @@ def _describe(kind: Any) -> str:
     }.get(kind, "a list of strings")
 
 
+def _int64(value: int) -> int:
+    """``value`` when a database column can hold it (settings end up in queries)."""
+    if not -(2**63) <= value < 2**63:
+        raise ValueError(f"must be between {-(2**63)} and {2**63 - 1}")
+    return value
+
+
 def coerce(key: str, kind: Any, value: Any, from_text: bool = False) -> ConfigValue:
     """Turn a TOML or environment value into ``kind``, or raise ConfigError naming ``key``."""
     try:
@@ -497,9 +504,9 @@ def coerce(key: str, kind: Any, value: Any, from_text: bool = False) -> ConfigVa
                 return value.lower() in {"1", "true", "yes", "on"}
         elif kind is int:
             if isinstance(value, int) and not isinstance(value, bool):
-                return value
+                return _int64(value)
             if from_text and isinstance(value, str) and value.strip().lstrip("-").isdigit():
-                return int(value)
+                return _int64(int(value))
         elif kind is float:
             if isinstance(value, int | float) and not isinstance(value, bool):
                 return float(value)

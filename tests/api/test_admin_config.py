@@ -85,6 +85,14 @@ async def test_put_provider_weight_is_live_but_port_needs_restart(
         ({"queue": {"bogus": 1}}, "queue.bogus", "unknown setting"),
         ({"smtp": {"port": 70000}}, "smtp.port", "port"),
         ({"queue": {"process_interval": "soon"}}, "queue.process_interval", "duration"),
+        # Past what datetime arithmetic and a database integer hold: once stored, these made
+        # POST /v1/email-addresses answer 500 and stopped the webhook sender.
+        (
+            {"accounts": {"temporary_lifetime": "99999999999d"}},
+            "accounts.temporary_lifetime",
+            "36500d",
+        ),
+        ({"webhooks": {"batch_size": 10**23}}, "webhooks.batch_size", "must be between"),
         ({"auth": {"admin_token": "x"}}, "auth.admin_token", "cannot be changed"),
         ({"data_dir": "/tmp"}, "data_dir", "cannot be changed"),
         ({"providers": {"outbox": {"password": "x"}}}, "providers.outbox.password", "secrets"),
