@@ -6,12 +6,15 @@ only losing the daemon (unreachable, token refused) stops the run.
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from relayctl.context import ExitCode, exit_with
 from relayctl.errors import AuthError, RelayError, UnreachableError
 from relayctl.output import Output
 
@@ -30,6 +33,31 @@ class RowResult:
         if self.ok:
             return {"row": self.row, "email": self.key, ok_field: self.detail}
         return {"row": self.row, "email": self.key, "error": self.detail, "code": self.code}
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """The CSV's rows; a missing ``email`` column or a row longer than the header is a usage
+    error."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            columns = [c.strip() for c in reader.fieldnames or []]
+            if "email" not in columns:
+                exit_with(
+                    f"relayctl: {path} has no 'email' column (columns: {', '.join(columns)})",
+                    ExitCode.USAGE,
+                )
+            rows = []
+            for row in reader:
+                if None in row:  # DictReader keeps surplus fields as a list under None
+                    exit_with(
+                        f"relayctl: {path} line {reader.line_num} has more fields than the header",
+                        ExitCode.USAGE,
+                    )
+                rows.append({k.strip(): (v or "").strip() for k, v in row.items()})
+            return rows
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        exit_with(f"relayctl: cannot read {path}: {exc}", ExitCode.USAGE)
 
 
 def run_rows(

@@ -132,8 +132,19 @@ class Client(Endpoints, MaylngEndpoints):
         headers = {"User-Agent": f"relayctl/{__version__}", "Accept": "application/json"}
         token = resolve_token(api_key)
         if token:
+            if not _header_safe(token):
+                # Never echo the token: it is a secret even when malformed.
+                raise ConfigurationError(
+                    "INVALID_TOKEN", "invalid token: only printable ASCII characters may be used"
+                )
             headers["Authorization"] = f"Bearer {token}"
         if workspace_id:
+            if not _header_safe(workspace_id):
+                raise ConfigurationError(
+                    "INVALID_WORKSPACE",
+                    f"invalid workspace id {workspace_id!r}: only printable ASCII characters "
+                    "may be used",
+                )
             headers["X-Workspace-ID"] = workspace_id
         self.has_token = token is not None
         self._http = httpx.Client(
@@ -356,6 +367,11 @@ def _transport_reason(exc: httpx.TransportError) -> str:
     if "refused" in text.lower():
         return "connection refused"
     return text or type(exc).__name__
+
+
+def _header_safe(value: str) -> bool:
+    """Whether ``value`` can travel in an HTTP header (httpx refuses anything else)."""
+    return value.isascii() and value.isprintable()
 
 
 def _message_path(message_id: str) -> str:

@@ -49,6 +49,13 @@ EXIT_CODES_HELP = "\n".join(
     ]
 )
 
+# What to fix for each way the client can be misconfigured.
+_CONFIGURATION_HINTS = {
+    "INVALID_URL": "set --url or RELAY_URL",
+    "INVALID_TOKEN": "check --token or RELAY_TOKEN",
+    "INVALID_WORKSPACE": "check --workspace",
+}
+
 
 @dataclass(frozen=True)
 class CliContext:
@@ -78,7 +85,8 @@ class CliContext:
         try:
             return Client(api_key=token, workspace_id=workspace, base_url=url)
         except ConfigurationError as exc:
-            exit_with(f"relayctl: {exc.message} (set --url or RELAY_URL)", ExitCode.USAGE)
+            hint = _CONFIGURATION_HINTS.get(exc.code, "set --url or RELAY_URL")
+            exit_with(f"relayctl: {exc.message} ({hint})", ExitCode.USAGE)
 
     def output(self, json_flag: bool = False) -> Output:
         """The output for a command; ``--json`` works before or after the command name."""

@@ -9,8 +9,9 @@ class RelayError(Exception):
     """Base of every error the client raises.
 
     ``code`` is the API's error code (``MESSAGE_NOT_FOUND``, ``INVALID_STATE``...) or one of
-    the client's own (``UNREACHABLE``, ``INVALID_RESPONSE``, ``INVALID_URL``); ``status`` is
-    the HTTP status, or None when no response arrived.
+    the client's own (``UNREACHABLE``, ``INVALID_RESPONSE``, ``INVALID_URL``,
+    ``INVALID_TOKEN``, ``INVALID_WORKSPACE``); ``status`` is the HTTP status, or None when no
+    response arrived.
     """
 
     def __init__(
@@ -54,7 +55,8 @@ class UnreachableError(RelayError):
 
 
 class ConfigurationError(RelayError):
-    """The client itself is misconfigured (a base URL that is not http(s)://host...)."""
+    """The client itself is misconfigured (a base URL that is not http(s)://host..., a token
+    or workspace id an HTTP header cannot carry)."""
 
 
 def error_for_status(

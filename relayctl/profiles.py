@@ -77,13 +77,17 @@ class ProfileStore:
         os.replace(temp, self.path)
 
     def profiles(self) -> dict[str, Profile]:
-        """Every stored profile by name."""
+        """Every stored profile by name; a field that is not a string is a ProfileError."""
         raw = self.load().get("profiles", {})
-        return {
-            name: Profile(name, **{k: v for k, v in fields.items() if k in FIELDS})
-            for name, fields in raw.items()
-            if isinstance(fields, dict)
-        }
+        found: dict[str, Profile] = {}
+        for name, fields in raw.items():
+            if not isinstance(fields, dict):
+                continue
+            for key in FIELDS:
+                if not isinstance(fields.get(key, ""), str):
+                    raise ProfileError(f"{self.path}: profiles.{name}.{key} must be a string")
+            found[name] = Profile(name, **{k: v for k, v in fields.items() if k in FIELDS})
+        return found
 
     def current(self) -> str | None:
         """The profile ``relayctl profile use`` selected."""

@@ -17,6 +17,7 @@ from relayctl.context import current
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print the API's data object as JSON.")]
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(h|d|w)?\s*$")
 _DAYS = {"h": 1 / 24, "d": 1.0, "w": 7.0}
+MAX_DAYS = 36500  # the API's bound: a century
 
 
 def parse_age(value: str) -> int:
@@ -26,7 +27,12 @@ def parse_age(value: str) -> int:
         raise typer.BadParameter(
             f"{value!r} is not an age such as 90d, 12w or 48h", param_hint="--older-than"
         )
-    return math.ceil(float(match.group(1)) * _DAYS[match.group(2) or "d"])
+    days = float(match.group(1)) * _DAYS[match.group(2) or "d"]
+    if days > MAX_DAYS:  # also an overflowing number, read as infinity
+        raise typer.BadParameter(
+            f"{value!r} is more than {MAX_DAYS} days", param_hint="--older-than"
+        )
+    return math.ceil(days)
 
 
 def cleanup(

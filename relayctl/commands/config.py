@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tomllib
 from typing import Annotated, Any
 
@@ -32,9 +33,12 @@ def parse_value(text: str) -> Any:
     if text == "null":
         return None
     try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+        value = tomllib.loads(f"v = {text}")["v"]
+        # inf, nan and dates are TOML but not JSON: the daemon judges them as text.
+        json.dumps(value, allow_nan=False)
+    except (tomllib.TOMLDecodeError, ValueError, TypeError):
         return text
+    return value
 
 
 def nest(key: str, value: Any) -> dict[str, Any]:

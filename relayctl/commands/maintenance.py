@@ -16,6 +16,7 @@ app = typer.Typer(
 )
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print the API's data object as JSON.")]
+MAX_MINUTES = 525600  # the API's bound: a year
 
 
 def render(out: Output, data: dict[str, Any]) -> None:
@@ -42,7 +43,8 @@ def turn_on(
         str | None, typer.Option("--message", "-m", help="Told to SMTP and API clients.")
     ] = None,
     minutes: Annotated[
-        float | None, typer.Option("--minutes", min=0, help="Expected duration.")
+        float | None,
+        typer.Option("--minutes", min=0, max=MAX_MINUTES, help="Expected duration."),
     ] = None,
     pause_delivery: Annotated[
         bool, typer.Option("--pause-delivery", help="Also stop delivering queued mail.")

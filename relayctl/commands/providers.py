@@ -147,7 +147,10 @@ def validate(
     if kind is Kind.gmail:
         if service_account is None:
             exit_with("relayctl: validate gmail needs --service-account FILE", ExitCode.USAGE)
-        document = service_account.read_text()
+        try:
+            document = service_account.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            exit_with(f"relayctl: cannot read {service_account}: {exc}", ExitCode.USAGE)
         with state.session("validate gmail") as client:
             data = client.validate_gmail(document, test_email)
     else:

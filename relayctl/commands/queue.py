@@ -61,7 +61,8 @@ def list_messages(
         bool, typer.Option("--watch", help="Refresh until interrupted (Ctrl-C).")
     ] = False,
     interval: Annotated[
-        float, typer.Option("--interval", min=0.1, help="Seconds between refreshes.")
+        float,
+        typer.Option("--interval", min=0.1, max=86400, help="Seconds between refreshes."),
     ] = 2.0,
     iterations: Annotated[
         int, typer.Option("--iterations", min=0, help="With --watch: stop after N (0: never).")

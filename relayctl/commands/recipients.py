@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from relayctl.batch import run_rows, summarize
+from relayctl.batch import read_csv, run_rows, summarize
 from relayctl.client import Client
 from relayctl.context import ExitCode, current, exit_with
 from relayctl.errors import ApiError
@@ -219,14 +218,7 @@ def import_recipients(
     With --json: {"imported", "refused", "results": [{"row", "email", "outcome"|"error", "code"}]}.
     Exit 0 when every row was applied, 6 when some were refused, 1 when all were.
     """
-    try:
-        with file.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            if "email" not in [c.strip() for c in reader.fieldnames or []]:
-                exit_with(f"relayctl: {file} has no 'email' column", ExitCode.USAGE)
-            rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        exit_with(f"relayctl: cannot read {file}: {exc}", ExitCode.USAGE)
+    rows = read_csv(file)
     state = current(ctx)
     out = state.output(json_flag)
     with state.session("import recipients") as client:

@@ -7,7 +7,6 @@ every column is a ``{{ variable }}`` of the subject and bodies, as ``--var`` is.
 
 from __future__ import annotations
 
-import csv
 import email
 import email.policy
 import sys
@@ -19,6 +18,7 @@ from typing import Annotated, Any
 
 import typer
 
+from relayctl.batch import read_csv
 from relayctl.client import Attachment, Client
 from relayctl.commands.bulk_send import send_rows
 from relayctl.context import ExitCode, current, exit_with
@@ -217,27 +217,3 @@ def send_one(client: Client, fields: dict[str, Any], variables: dict[str, Any]) 
     if variables:
         extra["personalization"] = {"enabled": True, "variables": variables}
     return client.send_message(**fields, **extra)
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    """The CSV's rows; a missing ``email`` column is a usage error."""
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            columns = [c.strip() for c in reader.fieldnames or []]
-            if "email" not in columns:
-                exit_with(
-                    f"relayctl: {path} has no 'email' column (columns: {', '.join(columns)})",
-                    ExitCode.USAGE,
-                )
-            rows = []
-            for row in reader:
-                if None in row:  # DictReader keeps surplus fields as a list under None
-                    exit_with(
-                        f"relayctl: {path} line {reader.line_num} has more fields than the header",
-                        ExitCode.USAGE,
-                    )
-                rows.append({k.strip(): (v or "").strip() for k, v in row.items()})
-            return rows
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        exit_with(f"relayctl: cannot read {path}: {exc}", ExitCode.USAGE)

@@ -77,3 +77,19 @@ def test_degraded_health_is_an_answer_not_an_error() -> None:
         with pytest.raises(ApiError) as caught:
             client.list_messages()
     assert caught.value.status == 503
+
+
+@pytest.mark.parametrize(
+    ("token", "workspace", "code"),
+    [
+        ("tök", None, "INVALID_TOKEN"),
+        ("t\r\nX: y", None, "INVALID_TOKEN"),
+        ("t", "wö", "INVALID_WORKSPACE"),
+    ],
+)
+def test_header_values_httpx_cannot_send_are_a_configuration_error(
+    token: str, workspace: str | None, code: str
+) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Client(api_key=token, workspace_id=workspace, base_url="http://relay.test")
+    assert caught.value.code == code
