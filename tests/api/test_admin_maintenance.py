@@ -39,12 +39,17 @@ async def wait_status(http: httpx.AsyncClient, message_id: str, wanted: str) -> 
         await asyncio.sleep(0.05)
 
 
-async def send_soon(http: httpx.AsyncClient, seconds: float = 1.0) -> str:
-    """A message scheduled ``seconds`` from now: it becomes due while maintenance is on."""
-    at = (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat()
-    response = await http.post("/api/messages", json=message(scheduling={"send_at": at}))
+async def send_soon(http: httpx.AsyncClient, at: datetime) -> str:
+    """A message scheduled for ``at`` (soon): it becomes due while maintenance is on."""
+    response = await http.post(
+        "/api/messages", json=message(scheduling={"send_at": at.isoformat()})
+    )
     assert response.status_code == 202, response.text
     return str(response.json()["data"]["message_id"])
+
+
+def seconds_from_now(seconds: float) -> datetime:
+    return datetime.now(UTC) + timedelta(seconds=seconds)
 
 
 async def set_mode(http: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
@@ -106,15 +111,23 @@ async def test_maintenance_refuses_new_mail_keeps_reads_and_survives_restart(
 async def test_delivery_continues_unless_paused(start_server: StartServer) -> None:
     relay: Server = await start_server()
     async with httpx.AsyncClient(base_url=relay.base_url, headers=AUTH) as http:
-        flowing = await send_soon(http)
+        flowing = await send_soon(http, seconds_from_now(1))
         await set_mode(http, enabled=True)
         await wait_status(http, flowing, "sent")  # delivery goes on by default
 
         await set_mode(http, enabled=False)
-        held = await send_soon(http)
+        # Due only after the pause is surely on, however slow the two requests are here.
+        due = seconds_from_now(3)
+        held = await send_soon(http, due)
         data = await set_mode(http, enabled=True, pause_delivery=True)
         assert data["pause_delivery"] is True
-        await asyncio.sleep(2.0)  # due for a second, yet not delivered
+        assert datetime.now(UTC) < due, "the pause came too late to test anything"
+        # Due for a second (two process_interval turns), yet not delivered. (Asked all along:
+        # a connection left idle for as long as relayd's 5s keep-alive could be closed under
+        # the next request.)
+        while datetime.now(UTC) < due + timedelta(seconds=1):
+            assert await status_of(http, held) == "scheduled"
+            await asyncio.sleep(0.2)
         assert await status_of(http, held) == "scheduled"
 
         await set_mode(http, enabled=False)

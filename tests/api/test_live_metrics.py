@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import smtplib
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -87,9 +88,12 @@ async def test_realtime_streams_metrics_and_ends_when_the_client_leaves(
         gap = datetime.fromisoformat(second["timestamp"]) - datetime.fromisoformat(
             first["timestamp"]
         )
-        assert 0 < gap.total_seconds() <= 2
+        # One a second, stamped to the second: 1 or 2 apart, 3 when the server was late
+        # by up to a second more (a loaded machine).
+        assert 0 < gap.total_seconds() <= 3
         # The server side of the stream ends once the client has gone.
-        for _ in range(100):
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
             if await _metric_value(client, "relay_realtime_clients") == 0.0:
                 break
             await asyncio.sleep(0.05)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import httpx
 
@@ -31,7 +32,8 @@ KEYS = {
 
 
 async def wait_sent(api: httpx.AsyncClient, mid: str) -> None:
-    for _ in range(300):
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
         if (await api.get(f"/api/messages/{mid}")).json()["data"]["status"] == "sent":
             return
         await asyncio.sleep(0.02)

@@ -102,7 +102,7 @@ async def test_new_mail_wakes_the_workers_at_once(
     await running.start(service)
     await asyncio.sleep(0.1)  # the loop is now asleep on the 60s poll
     mid = await service.enqueue(new_message(("x@example.org", "y@example.org")))
-    await wait_status(engine, mid, "sent", timeout=3.0)
+    await wait_status(engine, mid, "sent", timeout=15.0)  # far sooner than the 60s poll
     (msg,) = sink.messages
     assert msg.rcpt_tos == ["x@example.org", "y@example.org"]
     assert msg.data == RAW
@@ -120,11 +120,13 @@ async def test_with_shared_writes_a_delivery_frees_its_slot_before_its_result_is
     await asyncio.sleep(0.3)
     assert not sink.messages  # the claim waits for a commit to join...
     await service.committer.run(lambda c: None)  # ...such as this one
-    deadline = asyncio.get_running_loop().time() + 5.0
+    deadline = asyncio.get_running_loop().time() + 15.0
     while not sink.messages and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.01)
     assert len(sink.messages) == 1
-    await asyncio.sleep(0.1)
+    # The sink has the message before the provider has its reply: wait for the slot.
+    while dispatcher.active and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
     assert dispatcher.active == 0  # the slot is free...
     with engine.connect() as conn:  # ...while the result still waits
         assert queue.get_message(conn, mid).status == "processing"
@@ -146,8 +148,8 @@ async def test_with_shared_writes_a_backlog_is_claimed_at_once(
     await service.committer.run(lambda c: None)
     # It came back full (batch_size 1): the next ones go at once, without company.
     for mid in ids:
-        await wait_status(engine, mid, "processing", "sent", timeout=5.0)
-    deadline = asyncio.get_running_loop().time() + 5.0
+        await wait_status(engine, mid, "processing", "sent", timeout=15.0)
+    deadline = asyncio.get_running_loop().time() + 15.0
     while len(sink.messages) < 3 and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.01)
     assert len(sink.messages) == 3
@@ -327,14 +329,15 @@ async def test_scheduled_message_waits_until_due(
 ) -> None:
     service = await make_service(queue={"process_interval": "30s"}, providers=sink_provider(sink))
     await running.start(service)
-    send_at = datetime.now(UTC) + timedelta(seconds=1.0)
-    message = new_message(delay=1.0, status="scheduled", send_at=send_at)
+    # Due in 3s: still scheduled well before then, even if the enqueue itself was slow.
+    send_at = datetime.now(UTC) + timedelta(seconds=3.0)
+    message = new_message(delay=3.0, status="scheduled", send_at=send_at)
     mid = await service.enqueue(message)
     await asyncio.sleep(0.6)
     with engine.connect() as conn:
         assert queue.get_message(conn, mid).status == "scheduled"
     assert sink.messages == []
-    await wait_status(engine, mid, "sent", timeout=3.0)
+    await wait_status(engine, mid, "sent", timeout=15.0)  # not the 30s poll
     with engine.connect() as conn:
         assert queue.get_message(conn, mid).processed_at >= send_at
 

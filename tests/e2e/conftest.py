@@ -18,14 +18,28 @@ BIN = Path(sys.executable).parent
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` loopback ports free a moment ago, all different: each is held until all
+    are picked (one by one, the kernel may hand out a just-released port again)."""
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sockets.append(sock)
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def wait_for_port(
-    port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None
+    port: int, timeout: float = 60.0, proc: subprocess.Popen[bytes] | None = None
 ) -> None:
+    """Until ``port`` takes connections (relayd starting on a loaded machine takes a while)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -43,9 +57,7 @@ class Daemon:
 
     def __init__(self, workdir: Path, extra_toml: str = "") -> None:
         self.workdir = workdir
-        self.smtp_port = free_port()
-        self.tls_port = free_port()
-        self.http_port = free_port()
+        self.smtp_port, self.tls_port, self.http_port = free_ports(3)
         self.config_path = workdir / "relayd.toml"
         self.config_path.write_text(
             f'data_dir = "{workdir / "data"}"\n'
@@ -84,7 +96,7 @@ class Daemon:
         wait_for_port(self.http_port, proc=self.proc)
         wait_for_port(self.smtp_port, proc=self.proc)
         try:
-            httpx.get(f"{self.url}/health", timeout=5).raise_for_status()
+            httpx.get(f"{self.url}/health", timeout=30).raise_for_status()
         except httpx.HTTPError as exc:  # say what relayd logged, not only what the client saw
             tail = self.log.read_text(errors="replace").splitlines()[-20:]
             raise RuntimeError(f"/health failed: {exc}\nrelayd.log:\n" + "\n".join(tail)) from exc

@@ -55,20 +55,24 @@ def test_top_renders_and_quits_on_q(
 
     started = tmux_run("new-session", "-d", "-s", "top", "-x", "120", "-y", "40", command)
     assert started.returncode == 0, started.stderr
+    # The first screen (with the first event's time, ...Z) and all it must show; a capture
+    # may catch a screen half drawn, so wait for the whole of it, not its first lines.
+    wanted = ("press q to quit", "Providers", "Z", "relayctl top", daemon.url)
+    wanted += ("Realtime", "QUEUE DEPTH", "outbox")  # outbox: a provider row from /api/stats
     try:
         screen = ""
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             screen = tmux_run("capture-pane", "-p", "-t", "top").stdout
-            if "press q to quit" in screen and "Providers" in screen and "Z" in screen:
+            if all(text in screen for text in wanted):
                 break
             time.sleep(0.2)
         assert "relayctl top" in screen and daemon.url in screen, screen
         assert "Realtime" in screen and "QUEUE DEPTH" in screen, screen
-        assert "outbox" in screen, screen  # a provider row from /api/stats
+        assert "outbox" in screen, screen
 
         tmux_run("send-keys", "-t", "top", "q")
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 20
         while not rc_file.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         assert rc_file.exists(), tmux_run("capture-pane", "-p", "-t", "top").stdout

@@ -111,18 +111,20 @@ async def test_status_codes_are_classified(
 
 async def test_bad_key_timeouts_and_health(sendgrid: SendgridFake) -> None:
     bad = provider(sendgrid, key="SG.wrong")
-    slow = provider(sendgrid, timeout=0.3)
+    good = provider(sendgrid)
+    impatient = provider(sendgrid, timeout=0.3)  # only for the call that never answers
     try:
         refused = await bad.send(envelope())
         bad_health = await bad.check()
-        good_health = await slow.check()
+        good_health = await good.check()
         sendgrid.script(Answer(hang=True))
-        timed_out = await slow.send(envelope())
+        timed_out = await impatient.send(envelope())
         sendgrid.scopes = ["stats.read"]
-        no_scope = await slow.check()
+        no_scope = await good.check()
     finally:
         await bad.close()
-        await slow.close()
+        await good.close()
+        await impatient.close()
     assert refused.outcome == "auth_error"
     assert not bad_health.healthy
     assert good_health.healthy
