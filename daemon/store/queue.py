@@ -55,23 +55,21 @@ class PreparedMessages:
     batch: Sequence[NewMessage]
     messages: Prepared
     contents: Prepared
-    recipients: Prepared
-    recipient_counts: list[int]  # how many recipient rows each message has, in order
+    recipients: Prepared  # each message's recipient rows, message after message
 
     def subset(self, indexes: Sequence[int]) -> PreparedMessages:
         """The same inserts for the messages at ``indexes`` only (in order)."""
         if len(indexes) == len(self.batch):
             return self
         starts = [0]
-        for count in self.recipient_counts:
-            starts.append(starts[-1] + count)
+        for m in self.batch:
+            starts.append(starts[-1] + len(m.recipients))
         rcpt_rows = [j for i in indexes for j in range(starts[i], starts[i + 1])]
         return PreparedMessages(
             [self.batch[i] for i in indexes],
             self.messages.subset(indexes),
             self.contents.subset(indexes),
             self.recipients.subset(rcpt_rows),
-            [self.recipient_counts[i] for i in indexes],
         )
 
 
@@ -131,7 +129,6 @@ def prepare_messages(dialect: Dialect, batch: Sequence[NewMessage]) -> PreparedM
                 for r in m.recipients
             ],
         ),
-        [len(m.recipients) for m in batch],
     )
 
 
