@@ -71,10 +71,12 @@ def _groups(ops: list[Op | _Batched]) -> dict[BatchFn, list[int]]:
     return groups
 
 
-def _prepare_all(dialect: Dialect, ops: list[Op | _Batched]) -> dict[BatchFn, Any]:
+def _prepare_all(
+    dialect: Dialect, ops: list[Op | _Batched], groups: dict[BatchFn, list[int]]
+) -> dict[BatchFn, Any]:
     """What each :class:`PreparedBatch` group of ``ops`` prepares, before any lock is taken."""
     prepared: dict[BatchFn, Any] = {}
-    for fn, indexes in _groups(ops).items():
+    for fn, indexes in groups.items():
         prepare = getattr(fn, "prepare", None)
         if prepare is not None:
             prepared[fn] = prepare(dialect, [ops[i].item for i in indexes])  # type: ignore[union-attr]
@@ -82,13 +84,16 @@ def _prepare_all(dialect: Dialect, ops: list[Op | _Batched]) -> dict[BatchFn, An
 
 
 def _run_all(
-    conn: Connection, ops: list[Op | _Batched], prepared: dict[BatchFn, Any] | None = None
+    conn: Connection,
+    ops: list[Op | _Batched],
+    groups: dict[BatchFn, list[int]],
+    prepared: dict[BatchFn, Any] | None = None,
 ) -> list[Any]:
     results: list[Any] = [None] * len(ops)
     for index, op in enumerate(ops):
         if not isinstance(op, _Batched):
             results[index] = op(conn)
-    for fn, indexes in _groups(ops).items():
+    for fn, indexes in groups.items():
         items = [ops[i].item for i in indexes]  # type: ignore[union-attr]
         if prepared is not None and fn in prepared:
             values = fn.run(conn, items, prepared[fn])  # type: ignore[attr-defined]
@@ -222,17 +227,21 @@ class Committer:
 
     def _commit(self, ops: list[Op | _Batched]) -> list[tuple[bool, Any]]:
         """Commit all ops together; if that fails, retry each alone so one bad op fails alone."""
+        groups = _groups(ops)
         try:
             # Python work that needs no database, done before the lock (PreparedBatch).
-            prepared: dict[BatchFn, Any] | None = _prepare_all(self._engine.dialect, ops)
+            prepared: dict[BatchFn, Any] | None = _prepare_all(self._engine.dialect, ops, groups)
         except Exception as exc:
             log.debug("preparing a batch of %d failed (%s); one by one", len(ops), exc)
             prepared = None
         with self._exclusive():
-            return self._commit_locked(ops, prepared)
+            return self._commit_locked(ops, groups, prepared)
 
     def _transaction(
-        self, ops: list[Op | _Batched], prepared: dict[BatchFn, Any] | None = None
+        self,
+        ops: list[Op | _Batched],
+        groups: dict[BatchFn, list[int]],
+        prepared: dict[BatchFn, Any] | None = None,
     ) -> list[Any]:
         """Run ``ops`` in one transaction on the writer's connection and commit it."""
         now = time.monotonic()
@@ -244,7 +253,7 @@ class Committer:
         self._conn_used = now
         try:
             with conn.begin():
-                results = _run_all(conn, ops, prepared)
+                results = _run_all(conn, ops, groups, prepared)
         except BaseException:
             self._disconnect()  # whatever state it is in, the next commit starts afresh
             raise
@@ -259,11 +268,14 @@ class Committer:
                 conn.close()
 
     def _commit_locked(
-        self, ops: list[Op | _Batched], prepared: dict[BatchFn, Any] | None
+        self,
+        ops: list[Op | _Batched],
+        groups: dict[BatchFn, list[int]],
+        prepared: dict[BatchFn, Any] | None,
     ) -> list[tuple[bool, Any]]:
         if prepared is not None or len(ops) == 1:
             try:
-                return [(True, r) for r in self._transaction(ops, prepared)]
+                return [(True, r) for r in self._transaction(ops, groups, prepared)]
             except Exception as exc:
                 if len(ops) == 1:
                     return [(False, self._wrap(exc))]
@@ -271,7 +283,7 @@ class Committer:
         outcomes: list[tuple[bool, Any]] = []
         for op in ops:
             try:
-                outcomes.append((True, self._transaction([op])[0]))
+                outcomes.append((True, self._transaction([op], _groups([op]))[0]))
             except Exception as exc:
                 outcomes.append((False, self._wrap(exc)))
         return outcomes
