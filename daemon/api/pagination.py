@@ -22,7 +22,8 @@ def query_int(query: QueryParams, name: str, minimum: int, maximum: int) -> int 
     text = query.get(name)
     if text is None:
         return None
-    if not text.isascii() or not text.isdigit() or len(text) > 12:
+    digits = text[1:] if text[:1] in ("-", "+") else text
+    if not digits.isascii() or not digits.isdigit() or len(digits) > 12:
         raise ApiError("INVALID_REQUEST", f"{name} must be an integer", {"parameter": name})
     value = int(text)
     if not minimum <= value <= maximum:

@@ -99,6 +99,23 @@ async def test_bad_list_parameters(client: httpx.AsyncClient, query: str) -> Non
     assert_envelope(await client.get(f"/api/messages?{query}"), 400, "INVALID_REQUEST")
 
 
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("limit=-1", "limit must be between 1 and 1000"),
+        ("offset=-5", "offset must be between 0 and 1000000000000"),
+        ("limit=%2B2000", "limit must be between 1 and 1000"),
+        ("limit=1.5", "limit must be an integer"),
+        ("limit=-", "limit must be an integer"),
+    ],
+)
+async def test_a_number_out_of_range_names_the_range(
+    client: httpx.AsyncClient, query: str, message: str
+) -> None:
+    error = assert_envelope(await client.get(f"/api/messages?{query}"), 400, "INVALID_REQUEST")
+    assert error["message"] == message
+
+
 async def test_pagination_body_headers_and_links(client: httpx.AsyncClient) -> None:
     sent = [await send(client, subject=f"n{i}") for i in range(5)]
     newest_first = list(reversed(sent))
