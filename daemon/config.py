@@ -156,7 +156,9 @@ class QueueConfig:
         Duration(300.0, "5m"), "how long a claim holds before another worker may take it"
     )
     retry_base: Duration = setting(Duration(60.0, "1m"), "first retry delay; doubles each attempt")
-    retry_max: Duration = setting(Duration(3600.0, "1h"), "longest retry delay")
+    retry_max: Duration = setting(
+        Duration(3600.0, "1h"), "longest retry delay (0: no cap below 36500d)"
+    )
     delay_warning: Duration = setting(
         Duration(14400.0, "4h"),
         "undelivered this long (deferred, or waiting for a provider), a message sends one"

@@ -15,6 +15,9 @@ TEMPORARY = "temporary"
 PERMANENT = "permanent"
 AUTH_ERROR = "auth_error"
 KINDS = (SENT, TEMPORARY, PERMANENT, AUTH_ERROR)
+# Even with no retry_max (0), one wait is never longer than the longest duration the
+# config takes (36500 days), so a late retry's time still fits in a datetime.
+MAX_DELAY = 36500 * 86400.0
 
 # Replies that mean "your credentials were refused" rather than "this message is bad".
 AUTH_REPLY_CODES = frozenset({530, 534, 535})
@@ -82,10 +85,14 @@ def backoff(retry: int, base: float, cap: float, rng: random.Random) -> float:
     return delay / 2 + rng.random() * delay / 2
 
 
+def _longest(cap: float) -> float:
+    """The cap in force: ``retry_max``, or with none (0) the longest duration the config takes."""
+    return min(cap, MAX_DELAY) if cap > 0 else MAX_DELAY
+
+
 def _full_delay(retry: int, base: float, cap: float) -> float:
     """``base * 2**retry`` capped: the longest wait before retry number ``retry``."""
-    delay = base * float(1 << min(max(retry, 0), 62))
-    return min(cap, delay) if cap > 0 else delay
+    return min(_longest(cap), base * float(1 << min(max(retry, 0), 62)))
 
 
 def retries_end(
@@ -100,7 +107,7 @@ def retries_end(
     total = 0.0
     for retry in range(max(retry_count, 0), max_retries if base > 0 else 0):
         delay = _full_delay(retry, base, cap)
-        if (cap > 0 and delay >= cap) or retry >= 62:
+        if delay >= _longest(cap) or retry >= 62:
             total += delay * (max_retries - retry)  # at the cap, or the exponent's end
             break
         total += delay

@@ -137,6 +137,16 @@ def test_backoff_doubles_caps_and_jitters(retry: int, shortest: float, longest: 
     assert len(set(samples)) > 100  # jitter actually spreads retries out
 
 
+@pytest.mark.parametrize("retry", [30, 62, 100, 10_000])
+def test_without_a_cap_a_late_retry_still_has_a_date(retry: int) -> None:
+    # retry_max = 0 and X-Retry-Count 100: 60s * 2**30 is past what a timedelta holds.
+    decision = decide(TEMPORARY, retry, retry + 1, NOW, 60.0, 0.0, Fixed(0.999999))
+    assert decision.status == "queued" and decision.next_attempt_at is not None
+    waited = decision.next_attempt_at - NOW
+    assert timedelta(days=36499) < waited <= timedelta(days=36500)
+    assert retries_end(NOW, retry, retry + 1, 60.0, 0.0) == NOW + timedelta(days=36500)
+
+
 def test_backoff_without_base_is_immediate() -> None:
     assert backoff(3, 0.0, 10.0, Fixed(0.5)) == 0.0
 
