@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -135,3 +137,21 @@ async def start_server(db_url: str, make_config: ConfigFactory) -> AsyncIterator
     for server in reversed(running):
         if not server._stopped.is_set():
             await server.stop()
+
+
+MIDNIGHT_MARGIN = 60.0  # seconds: longer than any one test that counts today's sends
+
+
+@pytest.fixture
+def clear_of_midnight() -> None:
+    """For tests of daily quotas on the real clock: start well clear of UTC midnight.
+
+    Daily windows roll over at 00:00 UTC; a test that sends and then counts must
+    not straddle that moment, so one that would start in the last minute of a day
+    waits for the next.
+    """
+    now = datetime.now(UTC)
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+    left = (midnight - now).total_seconds()
+    if left < MIDNIGHT_MARGIN:
+        time.sleep(left + 0.5)

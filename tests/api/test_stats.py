@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy.engine import Engine
 
 from daemon.api import create_app
@@ -16,6 +17,7 @@ from tests.api.conftest import AUTH, assert_envelope, finish, send
 from tests.api.tenants import key_headers, make_key, make_workspace
 
 
+@pytest.mark.usefixtures("clear_of_midnight")
 async def test_stats_shape_and_queue_counts(
     client: httpx.AsyncClient, service: RelayService
 ) -> None:

@@ -168,6 +168,7 @@ async def test_workers_follow_maintenance_mode(start_server: StartServer) -> Non
         assert (await asyncio.to_thread(mail_reply, server.smtp_port))[0] == 250
 
 
+@pytest.mark.usefixtures("clear_of_midnight")
 async def test_workers_count_the_daily_quota_exactly(start_server: StartServer) -> None:
     server = await start_server(rate_limits={"global_daily": 7})
     batches = await asyncio.to_thread(parallel, 6, lambda: send(server.smtp_port, 2))

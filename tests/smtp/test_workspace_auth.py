@@ -82,6 +82,7 @@ async def test_revoked_key_is_refused(start_relay: StartRelay) -> None:
         await in_thread(submit, relay, "ws-a", key["key"])
 
 
+@pytest.mark.usefixtures("clear_of_midnight")
 async def test_daily_quota_is_a_temporary_refusal(start_relay: StartRelay) -> None:
     relay = await start_relay()
     key = await workspace_key(relay, "ws-q", quotas={"daily": 2})
