@@ -99,6 +99,20 @@ class Attachment:
 AttachmentLike = Attachment | Mapping[str, Any] | str | os.PathLike[str]
 
 
+def check_base_url(url: str) -> None:
+    """Raise ConfigurationError (``INVALID_URL``) unless ``url`` is http(s)://host[:port]."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a non-numeric or out-of-range port
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        valid = False
+    if not valid:
+        raise ConfigurationError(
+            "INVALID_URL", f"invalid relayd URL {url!r}: expected http(s)://host:port"
+        )
+
+
 class Client(Endpoints, MaylngEndpoints):
     """A synchronous client of one relayd.
 
@@ -118,16 +132,7 @@ class Client(Endpoints, MaylngEndpoints):
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
     ) -> None:
         self.base_url = resolve_url(base_url)
-        try:
-            parts = urlsplit(self.base_url)
-            parts.port  # noqa: B018 - raises ValueError on a non-numeric or out-of-range port
-            valid = parts.scheme in ("http", "https") and bool(parts.hostname)
-        except ValueError:  # e.g. an unclosed IPv6 bracket
-            valid = False
-        if not valid:
-            raise ConfigurationError(
-                "INVALID_URL", f"invalid relayd URL {self.base_url!r}: expected http(s)://host:port"
-            )
+        check_base_url(self.base_url)
         self.workspace_id = workspace_id
         headers = {"User-Agent": f"relayctl/{__version__}", "Accept": "application/json"}
         token = resolve_token(api_key)
@@ -377,7 +382,11 @@ def _header_safe(value: str) -> bool:
 def _message_path(message_id: str) -> str:
     if not message_id:
         raise ConfigurationError("INVALID_REQUEST", "a message id is required")
-    # Quoting keeps an id like "../admin" inside the messages collection.
+    if "/" in message_id or message_id in (".", ".."):
+        # The daemon decodes %2F before routing and a URL resolves dot segments, so such
+        # an id would reach another route (or none); no message id is one.
+        raise NotFoundError("MESSAGE_NOT_FOUND", f"no message {message_id!r}", 404)
+    # Quoting keeps an id like "x?y" or "x#y" inside the messages collection.
     return "/api/messages/" + quote(message_id, safe="")
 
 

@@ -151,4 +151,7 @@ def describe(exc: RelayError, action: str, url: str, hint: str = "") -> tuple[st
         return f"relayctl: {action}: {exc.message} ({exc.code}){suffix}", ExitCode.NOT_FOUND
     if isinstance(exc, ConfigurationError):
         return f"relayctl: {action}: {exc.message}", ExitCode.USAGE
-    return f"relayctl: {action} failed: {exc.message} ({exc.code})", ExitCode.FAILED
+    suffix = ""
+    if "X-Workspace-ID" in exc.message:  # the header is relayctl's --workspace (or --account)
+        suffix = " (in relayctl: --account, or the global --workspace)"
+    return f"relayctl: {action} failed: {exc.message} ({exc.code}){suffix}", ExitCode.FAILED

@@ -6,7 +6,9 @@ from typing import Annotated
 
 import typer
 
+from relayctl.client import check_base_url
 from relayctl.context import ExitCode, current, exit_with
+from relayctl.errors import RelayError
 from relayctl.profiles import Profile, ProfileError, ProfileStore
 
 app = typer.Typer(
@@ -35,6 +37,11 @@ def add(
     """Add or replace a profile (the file is written with mode 0600)."""
     if token is None and url is None and workspace is None:
         exit_with("relayctl: profile add needs --url, --token or --workspace", ExitCode.USAGE)
+    if url is not None:
+        try:
+            check_base_url(url)
+        except RelayError as exc:
+            exit_with(f"relayctl: --url: {exc.message}", ExitCode.USAGE)
     store = _store()
     try:
         store.add(Profile(name, url, token, workspace), make_current=use)

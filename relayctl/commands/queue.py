@@ -41,6 +41,20 @@ class Status(StrEnum):
 LIST_COLUMNS = ("ID", "STATUS", "FROM", "TO", "SUBJECT", "QUEUED", "RETRIES", "ERROR")
 
 
+def parse_time_filter(param: typer.CallbackParam, value: str | None) -> str | None:
+    """An ISO 8601 date or time for --since/--until, checked here (the daemon reads it as UTC
+    when it has no offset); a typo is a usage error, not a refusal from the daemon."""
+    if value is None:
+        return None
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{value!r} is not an ISO 8601 date or time, e.g. 2026-01-01 or 2026-01-01T10:00:00Z"
+        ) from None
+    return value
+
+
 @app.command("ls")
 def list_messages(
     ctx: typer.Context,
@@ -50,12 +64,22 @@ def list_messages(
     sender: Annotated[str | None, typer.Option("--from", help="Only from this sender.")] = None,
     recipient: Annotated[str | None, typer.Option("--to", help="Only to this recipient.")] = None,
     since: Annotated[
-        str | None, typer.Option("--since", help="Queued at or after this ISO 8601 time.")
+        str | None,
+        typer.Option(
+            "--since",
+            callback=parse_time_filter,
+            help="Queued at or after this ISO 8601 date or time (UTC unless it has an offset).",
+        ),
     ] = None,
     until: Annotated[
-        str | None, typer.Option("--until", help="Queued at or before this ISO 8601 time.")
+        str | None,
+        typer.Option(
+            "--until",
+            callback=parse_time_filter,
+            help="Queued at or before this ISO 8601 date or time (UTC unless it has an offset).",
+        ),
     ] = None,
-    limit: Annotated[int, typer.Option("--limit", min=1, help="Messages per page.")] = 50,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="Messages per page.")] = 50,
     offset: Annotated[int, typer.Option("--offset", min=0, help="Skip this many.")] = 0,
     watch: Annotated[
         bool, typer.Option("--watch", help="Refresh until interrupted (Ctrl-C).")

@@ -55,7 +55,7 @@ def list_recipients(
     status: Annotated[str | None, typer.Option("--status", help=", ".join(STATUSES))] = None,
     email: Annotated[str | None, typer.Option("--email", help="Address contains this.")] = None,
     workspace_id: WorkspaceId = None,
-    limit: Annotated[int, typer.Option("--limit", min=1)] = 50,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 50,
     offset: Annotated[int, typer.Option("--offset", min=0)] = 0,
     json_flag: JsonFlag = False,
 ) -> None:

@@ -38,7 +38,7 @@ def list_webhooks(
         bool, typer.Option("--dead", help="List dead-lettered deliveries instead.")
     ] = False,
     workspace_id: WorkspaceId = None,
-    limit: Annotated[int, typer.Option("--limit", min=1)] = 100,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 100,
     json_flag: JsonFlag = False,
 ) -> None:
     """List webhooks, or with --dead the dead-letter list.

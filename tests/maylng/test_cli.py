@@ -53,6 +53,16 @@ async def test_accounts_lifecycle_with_the_admin_token(cli: Cli, relay: Any) -> 
     assert "Account not found" in gone.stderr
 
 
+@pytest.mark.parametrize("command", [("accounts", "show"), ("addresses", "create")])
+async def test_the_admin_token_without_an_account_says_which_flag_names_it(
+    cli: Cli, command: tuple[str, ...]
+) -> None:
+    result = await cli(*command)
+    assert result.exit_code == 1
+    assert len(result.stderr.splitlines()) == 1
+    assert result.stderr.rstrip().endswith("(in relayctl: --account, or the global --workspace)")
+
+
 async def test_addresses_with_the_account_key(cli: Cli, relay: Any) -> None:
     created = await cli("accounts", "create", "--json")
     key = json.loads(created.stdout)["api_key"]

@@ -62,6 +62,11 @@ def test_service_account_file_that_is_not_text(closed_port: int, tmp_path: Path)
         (["cleanup", "--older-than", "36501d"], "is more than 36500 days"),
         (["maintenance", "on", "--minutes", "1e400"], "less than or equal to 525600"),
         (["queue", "ls", "--watch", "--interval", "1e308"], "less than or equal to 86400"),
+        (["queue", "ls", "--limit", "100000"], "less than or equal to 1000"),
+        (["recipients", "ls", "--limit", "1001"], "less than or equal to 1000"),
+        (["webhooks", "ls", "--limit", "100000"], "less than or equal to 1000"),
+        (["queue", "ls", "--since", "yesterday"], "'yesterday' is not an ISO 8601 date or time"),
+        (["queue", "ls", "--until", "2026-13-01"], "'2026-13-01' is not an ISO 8601 date"),
     ],
 )
 def test_numbers_past_what_the_daemon_takes(
@@ -92,3 +97,13 @@ def test_config_values_json_can_carry_keep_their_type() -> None:
         ["a"],
         None,
     ]
+
+
+@pytest.mark.parametrize("url", ["notaurl", "ftp://relay.example", "http://", "http://h:99999"])
+def test_profile_with_a_url_that_is_not_one_is_not_saved(tmp_path: Path, url: str) -> None:
+    result = run(["profile", "add", "prod", "--url", url])
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        f"relayctl: --url: invalid relayd URL {url!r}: expected http(s)://host:port\n"
+    )
+    assert not (tmp_path / "xdg" / "relayctl" / "config.toml").exists()

@@ -10,7 +10,13 @@ import httpx
 import pytest
 
 from relayctl.client import Client
-from relayctl.errors import ApiError, AuthError, ConfigurationError, UnreachableError
+from relayctl.errors import (
+    ApiError,
+    AuthError,
+    ConfigurationError,
+    NotFoundError,
+    UnreachableError,
+)
 
 
 def client_for(handler: httpx.MockTransport) -> Client:
@@ -47,11 +53,24 @@ def test_request_shape_headers_and_quoted_ids() -> None:
         return httpx.Response(200, json={"success": True, "data": {"id": "x"}})
 
     with Client("tok", "ws-1", "http://relay.test", transport=httpx.MockTransport(handler)) as c:
-        c.get_message("../admin/config")
+        c.get_message("msg-1?x#y")
     request = seen[0]
-    assert request.url.raw_path == b"/api/messages/..%2Fadmin%2Fconfig"
+    assert request.url.raw_path == b"/api/messages/msg-1%3Fx%23y"
     assert request.headers["Authorization"] == "Bearer tok"
     assert request.headers["X-Workspace-ID"] == "ws-1"
+
+
+@pytest.mark.parametrize("message_id", ["../admin/config", "a/b", ".", ".."])
+def test_an_id_no_message_can_have_is_not_found_without_a_request(message_id: str) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise AssertionError(f"no request should be sent: {request.url}")
+
+    with Client("tok", None, "http://relay.test", transport=httpx.MockTransport(handler)) as c:
+        for call in (c.get_message, c.cancel_message, c.retry_message):
+            with pytest.raises(NotFoundError) as caught:
+                call(message_id)
+            assert caught.value.code == "MESSAGE_NOT_FOUND"
+            assert caught.value.message == f"no message {message_id!r}"
 
 
 def test_timeout_is_unreachable() -> None:
