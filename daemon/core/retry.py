@@ -10,14 +10,13 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from daemon.core.durations import MAX_SECONDS
+
 SENT = "sent"
 TEMPORARY = "temporary"
 PERMANENT = "permanent"
 AUTH_ERROR = "auth_error"
 KINDS = (SENT, TEMPORARY, PERMANENT, AUTH_ERROR)
-# Even with no retry_max (0), one wait is never longer than the longest duration the
-# config takes (36500 days), so a late retry's time still fits in a datetime.
-MAX_DELAY = 36500 * 86400.0
 
 # Replies that mean "your credentials were refused" rather than "this message is bad".
 AUTH_REPLY_CODES = frozenset({530, 534, 535})
@@ -86,8 +85,9 @@ def backoff(retry: int, base: float, cap: float, rng: random.Random) -> float:
 
 
 def _longest(cap: float) -> float:
-    """The cap in force: ``retry_max``, or with none (0) the longest duration the config takes."""
-    return min(cap, MAX_DELAY) if cap > 0 else MAX_DELAY
+    """The cap in force: ``retry_max``, or with none (0) the longest duration the config
+    takes, so that a late retry's time still fits in a datetime."""
+    return min(cap, MAX_SECONDS) if cap > 0 else MAX_SECONDS
 
 
 def _full_delay(retry: int, base: float, cap: float) -> float:
