@@ -24,12 +24,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
 
 from relayctl import __version__
-from relayctl.endpoints import Endpoints
+from relayctl.endpoints import Endpoints, path_segment
 from relayctl.errors import (
     ApiError,
     AuthError,
@@ -380,14 +380,11 @@ def _header_safe(value: str) -> bool:
 
 
 def _message_path(message_id: str) -> str:
-    if not message_id:
-        raise ConfigurationError("INVALID_REQUEST", "a message id is required")
     if "/" in message_id or message_id in (".", ".."):
         # The daemon decodes %2F before routing and a URL resolves dot segments, so such
         # an id would reach another route (or none); no message id is one.
         raise NotFoundError("MESSAGE_NOT_FOUND", f"no message {message_id!r}", 404)
-    # Quoting keeps an id like "x?y" or "x#y" inside the messages collection.
-    return "/api/messages/" + quote(message_id, safe="")
+    return "/api/messages/" + path_segment(message_id, "message id")
 
 
 def _addresses(value: str | Sequence[str]) -> list[str]:

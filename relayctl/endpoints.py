@@ -16,7 +16,8 @@ from relayctl.errors import ConfigurationError
 JSON = dict[str, Any]
 
 
-def _segment(value: str, what: str) -> str:
+def path_segment(value: str, what: str) -> str:
+    """``value`` quoted as one URL path segment (empty: a usage error naming ``what``)."""
     if not value:
         raise ConfigurationError("INVALID_REQUEST", f"a {what} is required")
     # Quoted, so a value like "../admin" stays one path segment.
@@ -138,7 +139,7 @@ class Endpoints:
 
     def get_recipient(self, email: str, workspace_id: str | None = None) -> JSON:
         """``GET /api/recipients/{email}``."""
-        path = "/api/recipients/" + _segment(email, "recipient email")
+        path = "/api/recipients/" + path_segment(email, "recipient email")
         return self._get(path, workspace_id=workspace_id)
 
     def add_recipient(self, email: str, **fields: Any) -> JSON:
@@ -148,19 +149,19 @@ class Endpoints:
 
     def update_recipient(self, email: str, **fields: Any) -> JSON:
         """``PUT /api/recipients/{email}`` with the fields to change."""
-        path = "/api/recipients/" + _segment(email, "recipient email")
+        path = "/api/recipients/" + path_segment(email, "recipient email")
         return self._data(self._request("PUT", path, json=_params(**fields)))
 
     def delete_recipient(self, email: str, workspace_id: str | None = None) -> JSON:
         """``DELETE /api/recipients/{email}``."""
-        path = "/api/recipients/" + _segment(email, "recipient email")
+        path = "/api/recipients/" + path_segment(email, "recipient email")
         params = _params(workspace_id=workspace_id)
         payload = self._request("DELETE", path, params=params)
         return {key: value for key, value in payload.items() if key != "success"}
 
     def campaign_stats(self, campaign_id: str) -> JSON:
         """``GET /api/campaigns/{id}/stats``."""
-        return self._get("/api/campaigns/" + _segment(campaign_id, "campaign id") + "/stats")
+        return self._get("/api/campaigns/" + path_segment(campaign_id, "campaign id") + "/stats")
 
     # -- monitoring ----------------------------------------------------------------------------
 
@@ -180,7 +181,7 @@ class Endpoints:
 
     def check_provider(self, provider_id: str) -> JSON:
         """``POST /api/admin/providers/{id}/health-check``: forces a health check."""
-        path = "/api/admin/providers/" + _segment(provider_id, "provider id") + "/health-check"
+        path = "/api/admin/providers/" + path_segment(provider_id, "provider id") + "/health-check"
         return self._data(self._request("POST", path))
 
     def validate_gmail(
@@ -221,7 +222,7 @@ class Endpoints:
 
     def revoke_key(self, key_id: str) -> JSON:
         """``DELETE /api/admin/keys/{id}``."""
-        payload = self._request("DELETE", "/api/admin/keys/" + _segment(key_id, "key id"))
+        payload = self._request("DELETE", "/api/admin/keys/" + path_segment(key_id, "key id"))
         return {key: value for key, value in payload.items() if key != "success"}
 
     # -- webhooks (signed event delivery) ------------------------------------------------------
@@ -247,12 +248,12 @@ class Endpoints:
 
     def delete_webhook(self, webhook_id: str) -> JSON:
         """``DELETE /api/webhooks/{id}``."""
-        payload = self._request("DELETE", "/api/webhooks/" + _segment(webhook_id, "webhook id"))
+        payload = self._request("DELETE", "/api/webhooks/" + path_segment(webhook_id, "webhook id"))
         return {key: value for key, value in payload.items() if key != "success"}
 
     def test_webhook(self, webhook_id: str) -> JSON:
         """``POST /api/webhooks/{id}/test``: ``{"delivered", "status_code", "error"}``."""
-        path = "/api/webhooks/" + _segment(webhook_id, "webhook id") + "/test"
+        path = "/api/webhooks/" + path_segment(webhook_id, "webhook id") + "/test"
         return self._data(self._request("POST", path))
 
     def webhook_deliveries(
@@ -276,7 +277,7 @@ class Endpoints:
     ) -> JSON:
         """Dead deliveries back to the queue: one delivery, or all of one endpoint."""
         if delivery_id:
-            path = f"/api/webhooks/deliveries/{_segment(delivery_id, 'delivery id')}/replay"
+            path = f"/api/webhooks/deliveries/{path_segment(delivery_id, 'delivery id')}/replay"
         else:
-            path = f"/api/webhooks/{_segment(webhook_id or '', 'webhook id')}/replay"
+            path = f"/api/webhooks/{path_segment(webhook_id or '', 'webhook id')}/replay"
         return self._data(self._request("POST", path))
