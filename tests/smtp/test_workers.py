@@ -177,16 +177,21 @@ async def test_workers_count_the_daily_quota_exactly(start_server: StartServer) 
     assert all(code == 452 for code in codes if code != 250)
 
 
+def two_workers_without(server: Server, gone: set[int]) -> Callable[[], list[int] | None]:
+    """A wait_until check: the pool's pids once it has two again, none of them in ``gone``."""
+
+    def check() -> list[int] | None:
+        pids = pool(server).pids  # one reading per check: a dying worker may leave between two
+        return pids if len(pids) == 2 and not gone & set(pids) else None
+
+    return check
+
+
 async def test_a_killed_worker_is_started_again(start_server: StartServer) -> None:
     server = await start_server()
     victim = pool(server).pids[0]
     os.kill(victim, signal.SIGKILL)
-
-    def replaced() -> list[int] | None:
-        pids = pool(server).pids  # one reading: the victim may die between two
-        return pids if len(pids) == 2 and victim not in pids else None
-
-    pids = await wait_until(replaced)
+    pids = await wait_until(two_workers_without(server, {victim}))
     assert len(pids) == 2 and victim not in pids
     for _ in range(4):
         assert all(code == 250 for code, _ in await asyncio.to_thread(send, server.smtp_port, 1))
@@ -196,23 +201,14 @@ async def test_a_restarted_worker_that_dies_before_it_is_ready_is_started_again(
     start_server: StartServer,
 ) -> None:
     server = await start_server()
+    started = set(pool(server).pids)
     first = pool(server).pids[0]
     os.kill(first, signal.SIGKILL)
-
-    def restarted() -> list[int] | None:
-        pids = pool(server).pids
-        return pids if len(pids) == 2 and first not in pids else None
-
-    second = next(pid for pid in await wait_until(restarted) if pid != first)
+    (second,) = set(await wait_until(two_workers_without(server, {first}))) - started
     worker = next(w for w in pool(server)._workers if w.process and w.process.pid == second)
     assert worker.ready is not None and not worker.ready.done(), "ready before it was killed"
     os.kill(second, signal.SIGKILL)
-
-    def again() -> list[int] | None:
-        pids = pool(server).pids
-        return pids if len(pids) == 2 and not {first, second} & set(pids) else None
-
-    await wait_until(again)
+    await wait_until(two_workers_without(server, {first, second}))
     for _ in range(4):
         assert all(code == 250 for code, _ in await asyncio.to_thread(send, server.smtp_port, 1))
 
