@@ -20,7 +20,10 @@ def path_segment(value: str, what: str) -> str:
     """``value`` quoted as one URL path segment (empty: a usage error naming ``what``)."""
     if not value:
         raise ConfigurationError("INVALID_REQUEST", f"a {what} is required")
-    # Quoted, so a value like "../admin" stays one path segment.
+    # Quoted, so a value like "../admin" stays one path segment ("/" goes as %2F, which
+    # relayd routes on as sent). A URL resolves a "." or ".." segment, so those go encoded.
+    if value in (".", ".."):
+        return value.replace(".", "%2E")
     return quote(value, safe="@")
 
 

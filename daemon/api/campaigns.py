@@ -149,6 +149,6 @@ async def rename(request: Request, principal: Principal) -> Response:
 def routes() -> list[Route]:
     """The campaign routes, relative to the mount point (/api or /v1)."""
     return [
-        Route("/campaigns/{campaign_id}", rename, methods=["PUT"]),
-        Route("/campaigns/{campaign_id}/stats", get_stats, methods=["GET"]),
+        Route("/campaigns/{campaign_id:id}", rename, methods=["PUT"]),
+        Route("/campaigns/{campaign_id:id}/stats", get_stats, methods=["GET"]),
     ]

@@ -263,7 +263,7 @@ def routes() -> list[Route]:
             methods=["GET", "POST"],
         ),
         Route(
-            "/email-addresses/{address_id}",
+            "/email-addresses/{address_id:id}",
             by_method(GET=get_address, PATCH=update_address, DELETE=delete_address),
             methods=["GET", "PATCH", "DELETE"],
         ),

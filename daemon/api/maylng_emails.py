@@ -367,6 +367,6 @@ def routes() -> list[Route]:
     return [
         Route("/emails/send", send_email, methods=["POST"]),
         Route("/emails", list_emails, methods=["GET"]),
-        Route("/emails/{email_id}", get_email, methods=["GET"]),
-        Route("/emails/{email_id}/status", get_email_status, methods=["GET"]),
+        Route("/emails/{email_id:id}", get_email, methods=["GET"]),
+        Route("/emails/{email_id:id}/status", get_email_status, methods=["GET"]),
     ]

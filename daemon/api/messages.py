@@ -430,9 +430,9 @@ def routes() -> list[Route]:
             "/messages", by_method(GET=list_messages, POST=send_message), methods=["GET", "POST"]
         ),
         Route(
-            "/messages/{message_id}",
+            "/messages/{message_id:id}",
             by_method(GET=get_message, DELETE=cancel_message),
             methods=["GET", "DELETE"],
         ),
-        Route("/messages/{message_id}/retry", retry_message, methods=["PUT"]),
+        Route("/messages/{message_id:id}/retry", retry_message, methods=["PUT"]),
     ]

@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from daemon.api.errors import internal_error
+from daemon.api.paths import route_on_encoded_path
 from daemon.api.ratelimit import response_rate_headers
 from daemon.core.ids import random_bytes
 
@@ -106,6 +107,7 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        route_on_encoded_path(scope)
         incoming = request_headers(scope).get(_REQUEST_ID)
         request_id = pick_request_id(None if incoming is None else incoming.decode("latin-1"))
         scope.setdefault("state", {})["request_id"] = request_id

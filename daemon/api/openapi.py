@@ -243,7 +243,8 @@ def _walk(routes: list[BaseRoute], prefix: str = "") -> list[tuple[str, Route]]:
                 continue  # aliases of /api; see the document's description
             found.extend(_walk(list(route.routes), prefix + route.path))
         elif isinstance(route, Route):
-            found.append((prefix + route.path, route))
+            # "{message_id:id}" is documented as "{message_id}": the convertor is ours.
+            found.append((_PARAM.sub(r"{\1}", prefix + route.path), route))
     return found
 
 

@@ -249,7 +249,7 @@ def routes() -> list[Route]:
     """The provider routes, relative to /api (and /v1)."""
     return [
         Route("/admin/providers", list_providers, methods=["GET"]),
-        Route("/admin/providers/{provider_id}/health-check", health_check, methods=["POST"]),
+        Route("/admin/providers/{provider_id:id}/health-check", health_check, methods=["POST"]),
         Route("/providers/gmail/validate", gmail_validate, methods=["POST"]),
         Route("/providers/mailgun/validate", mailgun_validate, methods=["POST"]),
         Route("/providers/mailgun/domains", mailgun_domain_list, methods=["GET"]),

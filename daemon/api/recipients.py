@@ -358,7 +358,7 @@ def routes() -> list[Route]:
             methods=["GET", "POST"],
         ),
         Route(
-            "/recipients/{email}",
+            "/recipients/{email:id}",
             by_method(GET=get_recipient, PUT=update_recipient, DELETE=delete_recipient),
             methods=["GET", "PUT", "DELETE"],
         ),

@@ -312,12 +312,12 @@ def routes() -> list[Route]:
             "/webhooks", by_method(GET=list_webhooks, POST=create_webhook), methods=["GET", "POST"]
         ),
         Route("/webhooks/deliveries", list_deliveries, methods=["GET"]),
-        Route("/webhooks/deliveries/{delivery_id}/replay", replay_delivery, methods=["POST"]),
+        Route("/webhooks/deliveries/{delivery_id:id}/replay", replay_delivery, methods=["POST"]),
         Route(
-            "/webhooks/{webhook_id}",
+            "/webhooks/{webhook_id:id}",
             by_method(GET=get_webhook, PUT=update_webhook, DELETE=delete_webhook),
             methods=["GET", "PUT", "DELETE"],
         ),
-        Route("/webhooks/{webhook_id}/test", test_webhook, methods=["POST"]),
-        Route("/webhooks/{webhook_id}/replay", replay_webhook, methods=["POST"]),
+        Route("/webhooks/{webhook_id:id}/test", test_webhook, methods=["POST"]),
+        Route("/webhooks/{webhook_id:id}/replay", replay_webhook, methods=["POST"]),
     ]

@@ -287,10 +287,10 @@ def routes() -> list[Route]:
             methods=["GET", "POST"],
         ),
         Route(
-            "/admin/workspaces/{workspace_id}",
+            "/admin/workspaces/{workspace_id:id}",
             by_method(GET=get_workspace, PUT=update_workspace),
             methods=["GET", "PUT"],
         ),
         Route("/admin/keys", by_method(GET=list_keys, POST=create_key), methods=["GET", "POST"]),
-        Route("/admin/keys/{key_id}", revoke_key, methods=["DELETE"]),
+        Route("/admin/keys/{key_id:id}", revoke_key, methods=["DELETE"]),
     ]

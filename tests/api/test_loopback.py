@@ -63,3 +63,39 @@ async def test_a_client_leaving_mid_body_is_no_error(relay: Any, caplog: Any) ->
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
     async with httpx.AsyncClient(base_url=relay.base_url, headers=AUTH, timeout=10) as client:
         assert (await client.get("/health")).status_code == 200
+
+
+async def test_ids_holding_a_slash_or_a_percent_are_addressable(relay: Any) -> None:
+    """uvicorn decodes %2F before routing; an id holding "/" still reaches its route."""
+    odd = "a/b%2fc%@example.com"  # "/" and "%" are legal in a local part
+    in_path = "a%2Fb%252fc%25@example.com"
+    async with httpx.AsyncClient(base_url=relay.base_url, headers=AUTH, timeout=10) as client:
+        added = await client.post("/api/recipients", json={"email": odd})
+        assert added.status_code == 201, added.text
+        shown = await client.get(f"/api/recipients/{in_path}")
+        assert shown.status_code == 200, shown.text
+        assert shown.json()["data"]["email"] == odd
+        # The plain one next to it is another recipient: nothing was decoded twice.
+        other = await client.get("/api/recipients/a%2Fb%2Fc%25@example.com")
+        assert other.json()["error"]["code"] == "RECIPIENT_NOT_FOUND"
+        changed = await client.put(f"/api/recipients/{in_path}", json={"status": "BOUNCED"})
+        assert changed.status_code == 200, changed.text
+        assert changed.json()["data"]["status"] == "BOUNCED"
+
+        campaign = "spring/2026 50%"
+        sent = await client.post("/api/messages", json=message(campaign_id=campaign))
+        assert sent.status_code == 202, sent.text
+        encoded = "spring%2F2026%2050%25"
+        named = await client.put(f"/api/campaigns/{encoded}", json={"name": "Spring"})
+        assert named.status_code == 200, named.text
+        assert named.json()["data"]["campaign_id"] == campaign
+        stats = await client.get(f"/api/campaigns/{encoded}/stats")
+        assert stats.status_code == 200, stats.text
+        assert stats.json()["data"]["campaign_id"] == campaign
+
+        # A slash that is not encoded still separates segments: no such route.
+        split = await client.get("/api/recipients/a/b@example.com")
+        assert split.status_code == 404
+        assert split.json()["error"]["code"] == "ROUTE_NOT_FOUND"
+        removed = await client.delete(f"/api/recipients/{in_path}")
+        assert removed.status_code == 200, removed.text

@@ -14,7 +14,6 @@ from relayctl.errors import (
     ApiError,
     AuthError,
     ConfigurationError,
-    NotFoundError,
     UnreachableError,
 )
 
@@ -60,17 +59,27 @@ def test_request_shape_headers_and_quoted_ids() -> None:
     assert request.headers["X-Workspace-ID"] == "ws-1"
 
 
-@pytest.mark.parametrize("message_id", ["../admin/config", "a/b", ".", ".."])
-def test_an_id_no_message_can_have_is_not_found_without_a_request(message_id: str) -> None:
+@pytest.mark.parametrize(
+    ("message_id", "raw_path"),
+    [
+        ("../admin/config", b"/api/messages/..%2Fadmin%2Fconfig"),
+        ("a/b", b"/api/messages/a%2Fb"),
+        (".", b"/api/messages/%2E"),
+        ("..", b"/api/messages/%2E%2E"),
+    ],
+)
+def test_an_id_stays_one_path_segment(message_id: str, raw_path: bytes) -> None:
+    seen: list[httpx.Request] = []
+
     def handler(request: httpx.Request) -> httpx.Response:
-        raise AssertionError(f"no request should be sent: {request.url}")
+        seen.append(request)
+        return httpx.Response(200, json={"success": True, "data": {"message_id": message_id}})
 
     with Client("tok", None, "http://relay.test", transport=httpx.MockTransport(handler)) as c:
-        for call in (c.get_message, c.cancel_message, c.retry_message):
-            with pytest.raises(NotFoundError) as caught:
-                call(message_id)
-            assert caught.value.code == "MESSAGE_NOT_FOUND"
-            assert caught.value.message == f"no message {message_id!r}"
+        c.get_message(message_id)
+        c.cancel_message(message_id)
+        c.retry_message(message_id)
+    assert [r.url.raw_path for r in seen] == [raw_path, raw_path, raw_path + b"/retry"]
 
 
 def test_timeout_is_unreachable() -> None:

@@ -41,6 +41,19 @@ async def test_recipient_lifecycle(cli: Cli) -> None:
     assert nothing.exit_code == 2
 
 
+async def test_ids_with_a_slash_or_dots_reach_their_resource(cli: Cli) -> None:
+    odd = "team/ops@example.org"  # a legal address
+    added = await cli("recipients", "add", odd)
+    assert added.exit_code == 0, added.output
+    shown = json.loads((await cli("--json", "recipients", "show", odd)).stdout)
+    assert shown["email"] == odd
+    assert (await cli("recipients", "rm", odd)).stdout == f"{odd} removed\n"
+    for message_id in ("a/b", "..", "../admin"):
+        missing = await cli("queue", "show", message_id)
+        assert missing.exit_code == 3, missing.output
+        assert "(MESSAGE_NOT_FOUND)" in one_line(missing)
+
+
 async def test_recipient_import_reports_bad_rows_and_applies_the_rest(
     cli: Cli, tmp_path: Path
 ) -> None:
