@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import hmac
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,11 +35,11 @@ from daemon.api.errors import ApiError
 from daemon.api.middleware import header
 from daemon.api.ratelimit import apply_rate_limits
 from daemon.core.accounts import KEY_PREFIX as MAYLNG_KEY_PREFIX
+from daemon.core.ids import WORKSPACE_ID, WORKSPACE_ID_RULE
 from daemon.service import RelayService
 from daemon.tenancy import KEY_PREFIX, KeyIdentity
 
 DEFAULT_WORKSPACE = "default"
-WORKSPACE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="relayd"'}
 
 
@@ -100,7 +99,7 @@ def _workspace_header(request: Request) -> str | None:
     if not WORKSPACE_ID.match(value):
         raise ApiError(
             "INVALID_REQUEST",
-            "X-Workspace-ID must be 1-200 letters, digits, '.', '_', ':' or '-'",
+            f"X-Workspace-ID must be {WORKSPACE_ID_RULE}",
             {"header": "X-Workspace-ID"},
         )
     return value

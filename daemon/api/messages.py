@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from daemon.api import idempotency
-from daemon.api.auth import WORKSPACE_ID, Principal, requires_auth, service_of
+from daemon.api.auth import Principal, requires_auth, service_of
 from daemon.api.errors import ApiError, iso_utc
 from daemon.api.fields import invalid, parse_json
 from daemon.api.middleware import header
@@ -34,7 +34,7 @@ from daemon.core.compose import (
     read_message,
     top_headers,
 )
-from daemon.core.ids import is_message_id, message_id, uuid4
+from daemon.core.ids import WORKSPACE_ID, is_message_id, message_id, uuid4
 from daemon.core.message import (
     CANCELLABLE_STATUSES,
     RETRYABLE_STATUSES,

@@ -33,11 +33,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from daemon.api.admin_config import json_body, require_admin
-from daemon.api.auth import WORKSPACE_ID, Principal, requires_admin, service_of
+from daemon.api.auth import Principal, requires_admin, service_of
 from daemon.api.errors import ApiError
 from daemon.api.fields import invalid, reject_unknown_fields
 from daemon.api.responses import ok
 from daemon.core.durations import Duration
+from daemon.core.ids import WORKSPACE_ID
 from daemon.core.message import CANCELLABLE_STATUSES, RETRYABLE_STATUSES
 from daemon.store import admin
 

@@ -6,9 +6,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from daemon.api.auth import WORKSPACE_ID, Principal, requires_auth, service_of
+from daemon.api.auth import Principal, requires_auth, service_of
 from daemon.api.errors import ApiError
 from daemon.api.responses import ok
+from daemon.core.ids import WORKSPACE_ID
 
 
 def requested_workspace(request: Request, principal: Principal) -> str:

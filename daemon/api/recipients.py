@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from daemon.api.auth import WORKSPACE_ID, Principal, requires_auth, service_of
+from daemon.api.auth import Principal, requires_auth, service_of
 from daemon.api.errors import ApiError, iso_utc
 from daemon.api.fields import (
     check_text,
@@ -31,6 +31,7 @@ from daemon.api.fields import (
 )
 from daemon.api.pagination import Page
 from daemon.api.responses import by_method, ok
+from daemon.core.ids import WORKSPACE_ID, WORKSPACE_ID_RULE
 from daemon.store import audience
 
 _MAX_BODY = 256 * 1024
@@ -59,7 +60,7 @@ def workspace_param(value: Any, field: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not WORKSPACE_ID.match(value):
-        raise invalid(field, f"{field} must be 1-200 letters, digits, '.', '_', ':' or '-'")
+        raise invalid(field, f"{field} must be {WORKSPACE_ID_RULE}")
     return value
 
 

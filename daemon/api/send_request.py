@@ -18,7 +18,6 @@ from email.utils import getaddresses
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from daemon.api.auth import WORKSPACE_ID
 from daemon.api.errors import ApiError
 from daemon.api.fields import (
     check_text,
@@ -38,6 +37,7 @@ from daemon.core.compose import (
     Draft,
     check_header,
 )
+from daemon.core.ids import WORKSPACE_ID, WORKSPACE_ID_RULE
 from daemon.core.message import PRIORITIES
 
 FIELDS = frozenset(
@@ -288,7 +288,7 @@ def parse_send_request(
 
     workspace_id = string_field(body, "workspace_id", 200)
     if workspace_id is not None and not WORKSPACE_ID.match(workspace_id):
-        raise invalid("workspace_id", "workspace_id must be letters, digits, '.', '_', ':' or '-'")
+        raise invalid("workspace_id", f"workspace_id must be {WORKSPACE_ID_RULE}")
     campaign_id = string_field(body, "campaign_id", 200)
     if campaign_id is not None and (not campaign_id or CONTROL_CHARS.search(campaign_id)):
         raise invalid("campaign_id", "campaign_id must be non-empty, without control characters")

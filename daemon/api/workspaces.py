@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from daemon.api.auth import WORKSPACE_ID, Principal, requires_admin, service_of
+from daemon.api.auth import Principal, requires_admin, service_of
 from daemon.api.errors import ApiError, iso_utc
 from daemon.api.fields import (
     check_text,
@@ -30,6 +30,7 @@ from daemon.api.pagination import Page
 from daemon.api.responses import by_method, ok
 from daemon.core import plans
 from daemon.core.compose import CONTROL_CHARS
+from daemon.core.ids import WORKSPACE_ID, WORKSPACE_ID_RULE
 from daemon.store import tenancy as store
 from daemon.tenancy import KEY_PREFIX, hash_key
 
@@ -54,7 +55,7 @@ async def json_body(request: Request, allowed: frozenset[str]) -> dict[str, Any]
 def _id_field(body: dict[str, Any], key: str) -> str | None:
     value = string_field(body, key, 200)
     if value is not None and not WORKSPACE_ID.match(value):
-        raise invalid(key, f"{key} must be 1-200 letters, digits, '.', '_', ':' or '-'")
+        raise invalid(key, f"{key} must be {WORKSPACE_ID_RULE}")
     return value
 
 

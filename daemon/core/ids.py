@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 from collections import deque
+
+# What a workspace id may be, wherever one is named (API paths, bodies, headers, SMTP).
+WORKSPACE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")
+WORKSPACE_ID_RULE = "1-200 letters, digits, '.', '_', ':' or '-'"
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32
 # Two digits (10 bits) at a time, most significant first: 5 pairs of time, 8 of randomness.

@@ -22,6 +22,8 @@ from email.header import decode_header, make_header
 from email.utils import getaddresses
 from typing import Any
 
+from daemon.core.compose import CONTROL_CHARS
+from daemon.core.ids import WORKSPACE_ID, WORKSPACE_ID_RULE
 from daemon.core.message import PRIORITIES, NewMessage, Recipient
 from daemon.core.mime import rfc5322_date
 from daemon.core.relay import SmtpRejection
@@ -161,11 +163,28 @@ def _addresses(value: str | None) -> list[str]:
 
 
 def _bounded_id(fields: dict[str, str], key: str, header: str) -> str | None:
+    """A campaign or user id header: what the API takes for one (no control characters)."""
     value = fields.get(key)
     if not value:
         return None
     if len(value) > MAX_ID_LENGTH:
         raise IngestRejected(550, "5.6.0", f"{header} is longer than {MAX_ID_LENGTH} characters")
+    if CONTROL_CHARS.search(value) or "\ufffd" in value:  # U+FFFD: bytes that were no UTF-8
+        raise IngestRejected(
+            550, "5.6.0", f"Invalid {header} header: UTF-8 text without control characters"
+        )
+    return value
+
+
+def _workspace_id(fields: dict[str, str]) -> str | None:
+    """X-Workspace-ID, held to the rule the API names workspaces by (else unreachable there)."""
+    value = fields.get("x-workspace-id")
+    if not value:
+        return None
+    if not WORKSPACE_ID.match(value):
+        raise IngestRejected(
+            550, "5.6.0", f"Invalid X-Workspace-ID header: must be {WORKSPACE_ID_RULE}"
+        )
     return value
 
 
@@ -275,7 +294,7 @@ def build_message(
     }
     if "Subject" in headers:
         headers["Subject"] = _decoded(headers["Subject"])
-    workspace = sub.auth_workspace or _bounded_id(fields, "x-workspace-id", "X-Workspace-ID")
+    workspace = sub.auth_workspace or _workspace_id(fields)
     return NewMessage(
         id=message_id,
         uuid=uuid,

@@ -203,12 +203,29 @@ def test_priority(value: str | None, expected: int) -> None:
         (b"X-Enable-Personalization: maybe", "Invalid X-Enable-Personalization header"),
         (b"X-Retry-Count: -1", "Invalid X-Retry-Count header"),
         (b"X-Retry-Count: 101", "Invalid X-Retry-Count header"),
-        (b"X-Workspace-ID: " + b"w" * 201, "X-Workspace-ID is longer than 200"),
+        (b"X-Workspace-ID: " + b"w" * 201, "Invalid X-Workspace-ID header: must be 1-200"),
+        # What the API could never name (X-Workspace-ID, /api/admin/workspaces/{id}).
+        (b"X-Workspace-ID: a b", "Invalid X-Workspace-ID header: must be 1-200"),
+        (b"X-Workspace-ID: ws/1", "Invalid X-Workspace-ID header: must be 1-200"),
+        (b"X-Workspace-ID: \xff\xfe", "Invalid X-Workspace-ID header: must be 1-200"),
+        (b"X-Campaign-ID: " + b"c" * 201, "X-Campaign-ID is longer than 200"),
+        (b"X-Campaign-ID: spring\x01", "Invalid X-Campaign-ID header: UTF-8 text without"),
+        (b"X-User-ID: \xc3(", "Invalid X-User-ID header: UTF-8 text without control"),
     ],
 )
 def test_bad_extended_headers_are_550(header: bytes, reason: str) -> None:
     reply = rejected(header + b"\r\n\r\nbody\r\n")
     assert reply.startswith("550 5.6.0 " + reason)
+
+
+def test_ids_the_api_can_name_are_taken_as_they_are() -> None:
+    message = build(
+        b"X-Workspace-ID: acme.prod:eu-1\r\n"
+        + "X-Campaign-ID: Frühling/2026 50%\r\nX-User-ID: josé\tm\r\n\r\nbody\r\n".encode()
+    )
+    assert message.workspace_id == "acme.prod:eu-1"
+    assert message.campaign_id == "Frühling/2026 50%"
+    assert message.user_id == "josé\tm"
 
 
 @pytest.mark.parametrize(
