@@ -78,6 +78,9 @@ _REWORDED = {
     "552 Error: Too much mail data": "552 5.3.4 Message size exceeds fixed maximum message size",
     "250 OK": "250 2.0.0 Ok",
     "221 Bye": "221 2.0.0 Bye",
+    "500 Error: strict ASCII mode": (
+        "500 5.5.2 Non-ASCII characters in a command; this server does not offer SMTPUTF8"
+    ),
 }
 SHUTDOWN_REPLY = "421 4.3.2 Service shutting down, try again later"
 # DATA: a line of only "." ends it; a longer line than aiosmtpd takes, or more bytes than

@@ -76,6 +76,10 @@ async def test_size_follows_max_size(start_relay: StartRelay, dialog_factory: Op
         ("MAIL FROM:<a@example.com> SIZE=1 SIZE=2", "501 5.5.4 Duplicate parameter SIZE"),
         ("MAIL FROM:<a@example.com> SMTPUTF8", "555 5.5.4 Unsupported MAIL parameter SMTPUTF8"),
         ("MAIL FROM:<a@example.com> XFOO=1", "555 5.5.4 Unsupported MAIL parameter XFOO"),
+        (
+            "MAIL FROM:<josé@example.com>",
+            "500 5.5.2 Non-ASCII characters in a command; this server does not offer SMTPUTF8",
+        ),
         ("MAIL FROM:<not-an-address>", "553 5.1.7 Bad sender address syntax: no domain"),
         ("MAIL FROM:<a@example.com> SIZE=26214400 BODY=8BITMIME", "250 2.1.0 Ok"),
         ("MAIL FROM:<>", "250 2.1.0 Ok"),
