@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 from daemon.api.auth import Principal, requires_admin, service_of
 from daemon.api.errors import ApiError
-from daemon.api.fields import check_text, parse_json
+from daemon.api.fields import check_text, parse_json, read_body
 from daemon.api.responses import by_method
 from daemon.config import ConfigError, as_dict, describe_settings
 from daemon.overrides import apply_runtime, changed, check_update, merge, needs_restart, settled
@@ -48,9 +48,7 @@ def require_relay_wide(principal: Principal, what: str) -> None:
 
 async def json_body(request: Request) -> Any:
     """The request's JSON document (bounded, no NUL or lone surrogates)."""
-    body = await request.body()
-    if len(body) > MAX_BODY:
-        raise ApiError("INVALID_REQUEST", f"the body exceeds {MAX_BODY} bytes")
+    body = await read_body(request, MAX_BODY)
     document = parse_json(body) if body.strip() else {}
     check_text(document)
     return document

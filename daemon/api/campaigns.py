@@ -19,7 +19,14 @@ from starlette.routing import Route
 
 from daemon.api.auth import Principal, requires_auth, service_of
 from daemon.api.errors import ApiError, iso_utc
-from daemon.api.fields import check_text, invalid, missing, parse_json, reject_unknown_fields
+from daemon.api.fields import (
+    check_text,
+    invalid,
+    missing,
+    parse_json,
+    read_body,
+    reject_unknown_fields,
+)
 from daemon.api.recipients import workspace_param
 from daemon.api.responses import ok
 from daemon.store import counters
@@ -116,9 +123,7 @@ async def rename(request: Request, principal: Principal) -> Response:
     """PUT /api/campaigns/{id} with {"name": ...}: answers campaign_id, name, status, updated_at."""
     service = service_of(request)
     campaign_id = _campaign_id(request)
-    raw = await request.body()
-    if len(raw) > _MAX_BODY:
-        raise ApiError("INVALID_REQUEST", f"the request body exceeds {_MAX_BODY} bytes")
+    raw = await read_body(request, _MAX_BODY)
     body = parse_json(raw)
     if not isinstance(body, dict):
         raise ApiError("INVALID_REQUEST", "the request body must be a JSON object")

@@ -13,8 +13,10 @@ from collections.abc import Collection
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
+from starlette.requests import ClientDisconnect, Request
 
 from daemon.api.errors import ApiError
+from daemon.api.middleware import header
 from daemon.core.compose import Mailbox
 
 MAX_JSON_FIELD = 65536  # serialised bytes of a free-form object (metadata, variables)
@@ -196,3 +198,38 @@ def object_field(
     ) > MAX_JSON_FIELD:
         raise invalid(key, f"{key} must serialise to at most {MAX_JSON_FIELD} bytes")
     return value
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(
+        "MESSAGE_TOO_LARGE", f"the request body exceeds {limit} bytes", {"max_body": limit}
+    )
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``limit`` bytes.
+
+    Reads the ASGI messages itself (as ``request.stream()`` does, without its
+    generator): the body cannot be read again through ``request``.
+    """
+    declared = header(request, b"content-length") or ""
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    receive = request.receive
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        kind = message["type"]
+        if kind == "http.request":
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        elif kind == "http.disconnect":
+            raise ClientDisconnect()
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)

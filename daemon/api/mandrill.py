@@ -22,6 +22,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from daemon.api.errors import ApiError
+from daemon.api.fields import read_body
 from daemon.api.responses import ok
 from daemon.core import mandrill
 from daemon.service import RelayService
@@ -54,15 +55,6 @@ def mandrill_key(service: RelayService) -> str:
     return ""
 
 
-async def _body(request: Request) -> bytes:
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY:
-            raise ApiError("MESSAGE_TOO_LARGE", f"the request body exceeds {MAX_BODY} bytes")
-    return body
-
-
 def _events(text: str) -> list[object]:
     try:
         events = json.loads(text)
@@ -84,7 +76,7 @@ async def receive(request: Request) -> Response:
     service = _service(request)
     key = mandrill_key(service)
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    body = await _body(request)
+    body = await read_body(request, MAX_BODY)
     if key and ctype != FORM:
         raise ApiError("AUTH_REQUIRED", "only signed form posts are accepted")
     if ctype == FORM:

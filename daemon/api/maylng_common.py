@@ -24,8 +24,7 @@ from starlette.responses import JSONResponse, Response
 
 from daemon.api.auth import Principal, authenticate, service_of
 from daemon.api.errors import ApiError, iso_utc
-from daemon.api.fields import check_text, parse_json
-from daemon.api.messages import read_body
+from daemon.api.fields import check_text, parse_json, read_body
 from daemon.core import plans
 from daemon.core.accounts import PlanLimits, Window, fixed_window, limits_for
 from daemon.core.tenancy import WorkspaceInfo

@@ -31,7 +31,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from daemon.api.auth import service_of
-from daemon.api.fields import check_text, invalid, mailboxes_field, object_field, parse_json
+from daemon.api.fields import (
+    check_text,
+    invalid,
+    mailboxes_field,
+    object_field,
+    parse_json,
+    read_body,
+)
 from daemon.api.maylng_addresses import parse_time
 from daemon.api.maylng_common import (
     RATE_LIMITED,
@@ -42,7 +49,7 @@ from daemon.api.maylng_common import (
     not_found,
     requires_account,
 )
-from daemon.api.messages import _new_message, read_body
+from daemon.api.messages import _new_message
 from daemon.api.send_request import MAX_RECIPIENTS, MAX_SCHEDULE_AHEAD, parse_send_request
 from daemon.config import relay_hostname
 from daemon.core.accounts import effective_status, email_status, sending_windows

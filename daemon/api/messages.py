@@ -12,15 +12,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.engine import Connection
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from daemon.api import idempotency
 from daemon.api.auth import Principal, requires_auth, service_of
 from daemon.api.errors import ApiError, iso_utc
-from daemon.api.fields import invalid, parse_json
-from daemon.api.middleware import header
+from daemon.api.fields import invalid, parse_json, read_body
 from daemon.api.pagination import Page
 from daemon.api.responses import Json, by_method, ok
 from daemon.api.send_request import MAX_SUBJECT, SendRequest, parse_send_request
@@ -87,41 +86,6 @@ def _queued_one(service: RelayService) -> None:
     known = _depths.get(service)
     if known is not None:
         known.pending += 1
-
-
-def _too_large(limit: int) -> ApiError:
-    return ApiError(
-        "MESSAGE_TOO_LARGE", f"the request body exceeds {limit} bytes", {"max_body": limit}
-    )
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes ``limit`` bytes.
-
-    Reads the ASGI messages itself (as ``request.stream()`` does, without its
-    generator): the body cannot be read again through ``request``.
-    """
-    declared = header(request, b"content-length") or ""
-    if declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
-    receive = request.receive
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        kind = message["type"]
-        if kind == "http.request":
-            chunk = message.get("body", b"")
-            if chunk:
-                size += len(chunk)
-                if size > limit:
-                    raise _too_large(limit)
-                chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        elif kind == "http.disconnect":
-            raise ClientDisconnect()
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _new_message(

@@ -26,6 +26,7 @@ from daemon.api.fields import (
     mailbox,
     missing,
     parse_json,
+    read_body,
     reject_unknown_fields,
     string_field,
 )
@@ -118,9 +119,7 @@ def _status_changes(status: str, reason: str | None, now: datetime) -> dict[str,
 
 
 async def _body(request: Request, allowed: frozenset[str]) -> dict[str, Any]:
-    raw = await request.body()
-    if len(raw) > _MAX_BODY:
-        raise ApiError("INVALID_REQUEST", f"the request body exceeds {_MAX_BODY} bytes")
+    raw = await read_body(request, _MAX_BODY)
     body = parse_json(raw)
     if not isinstance(body, dict):
         raise ApiError("INVALID_REQUEST", "the request body must be a JSON object")

@@ -28,7 +28,14 @@ from starlette.routing import Route
 
 from daemon.api.auth import Principal, requires_auth, service_of
 from daemon.api.errors import ApiError, iso_utc
-from daemon.api.fields import check_text, invalid, missing, parse_json, reject_unknown_fields
+from daemon.api.fields import (
+    check_text,
+    invalid,
+    missing,
+    parse_json,
+    read_body,
+    reject_unknown_fields,
+)
 from daemon.api.pagination import Page
 from daemon.api.recipients import workspace_param
 from daemon.api.responses import by_method, ok
@@ -82,9 +89,7 @@ def _not_found(webhook_id: str) -> ApiError:
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if len(raw) > _MAX_BODY:
-        raise ApiError("INVALID_REQUEST", f"the request body exceeds {_MAX_BODY} bytes")
+    raw = await read_body(request, _MAX_BODY)
     body = parse_json(raw)
     if not isinstance(body, dict):
         raise ApiError("INVALID_REQUEST", "the request body must be a JSON object")

@@ -22,10 +22,10 @@ from daemon.api.fields import (
     invalid,
     missing,
     parse_json,
+    read_body,
     reject_unknown_fields,
     string_field,
 )
-from daemon.api.messages import read_body
 from daemon.api.pagination import Page
 from daemon.api.responses import by_method, ok
 from daemon.core import plans
