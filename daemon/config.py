@@ -72,6 +72,37 @@ def _subset_of(values: list[str], allowed: tuple[str, ...]) -> None:
         raise ValueError(f"unknown {', '.join(unknown)}; use {', '.join(allowed)}")
 
 
+def _database_url(value: str) -> None:
+    """A URL relayd can keep its queue in: a SQLite file, or PostgreSQL through psycopg 3."""
+    if not value:
+        return
+    from sqlalchemy.engine import make_url  # here: config is read before anything needs it
+    from sqlalchemy.exc import ArgumentError
+
+    hint = "expected sqlite:///path/to/relay.db or postgresql+psycopg://user@host/db"
+    try:
+        url = make_url(value)
+    except ArgumentError:
+        raise ValueError(f"not a database URL; {hint}") from None
+    backend, driver = url.get_backend_name(), url.drivername.partition("+")[2]
+    if backend == "sqlite":
+        if driver not in ("", "pysqlite"):
+            raise ValueError(f"relayd uses Python's sqlite3 driver, not {driver!r}; {hint}")
+        if not url.database or url.database == ":memory:" or url.query.get("mode") == "memory":
+            raise ValueError(
+                "an in-memory SQLite database loses the queue when relayd stops; "
+                "name a file: sqlite:///path/to/relay.db"
+            )
+    elif backend == "postgresql":
+        if driver != "psycopg":
+            raise ValueError(
+                f"relayd talks to PostgreSQL through psycopg 3, not {driver or 'psycopg2'!r}: "
+                "write postgresql+psycopg://..."
+            )
+    else:
+        raise ValueError(f"relayd keeps its queue in SQLite or PostgreSQL, not {backend!r}; {hint}")
+
+
 def _readable_file(value: str) -> None:
     if value and not os.access(value, os.R_OK):
         raise ValueError(f"cannot read file {value!r}")
@@ -136,7 +167,9 @@ class HttpConfig:
 
 @dataclass(frozen=True)
 class DatabaseConfig:
-    url: str = setting("", "sqlite:///path or postgresql+psycopg://...; empty: data_dir/relay.db")
+    url: str = setting(
+        "", "sqlite:///path or postgresql+psycopg://...; empty: data_dir/relay.db", _database_url
+    )
 
 
 @dataclass(frozen=True)

@@ -98,6 +98,13 @@ def test_provider_tables_and_env_override(tmp_path: Path) -> None:
         ('[providers.x]\ntype = "carrier-pigeon"\n', {}, "providers.x.type", "must be one of"),
         ('[providers.x]\ntype = "smtp"\n', {}, "providers.x.host", "needs a host"),
         ('[providers.x]\ntype = "smtp"\nhost = "h"\nfoo = 1\n', {}, "providers.x.foo", "unknown"),
+        ('[database]\nurl = "mysql://h/db"\n', {}, "database.url", "SQLite or PostgreSQL"),
+        ('[database]\nurl = "relay.db"\n', {}, "database.url", "not a database URL"),
+        ('[database]\nurl = "sqlite://"\n', {}, "database.url", "in-memory"),
+        ('[database]\nurl = "sqlite:///:memory:"\n', {}, "database.url", "in-memory"),
+        ("", {"RELAY_DATABASE_URL": "sqlite+aiosqlite:///r.db"}, "database.url", "sqlite3"),
+        # psycopg2 is not installed: without "+psycopg" the daemon could not start.
+        ('[database]\nurl = "postgresql://u:pw@h/db"\n', {}, "database.url", "psycopg 3"),
     ],
 )
 def test_bad_settings_name_the_key(
@@ -165,3 +172,17 @@ def test_empty_secret_files_are_refused(tmp_path: Path, section: str, key: str) 
     assert "is empty" in str(info.value)
     empty.write_text("s3cret-value\n")
     build_config([("file", {section: {key: str(empty)}})])
+
+
+@pytest.mark.parametrize(
+    "url", ["", "sqlite:////var/lib/relay/relay.db", "postgresql+psycopg://u:pw@db.example/relay"]
+)
+def test_database_urls_relayd_can_use(tmp_path: Path, url: str) -> None:
+    config = load_config(write(tmp_path, f'[database]\nurl = "{url}"\n'), {})
+    assert config.database.url == url
+
+
+def test_a_bad_database_url_does_not_echo_its_password(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, '[database]\nurl = "postgresql://u:s3cret@h/db"\n'), {})
+    assert "s3cret" not in str(info.value)
