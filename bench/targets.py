@@ -57,6 +57,8 @@ class Target(Protocol):
 class RelaydTarget:
     """A fresh relayd with its own data directory, relaying to smtp-sink (or to its outbox)."""
 
+    cpu: float | None  # set by begin_measurement()
+
     def __init__(self, args: argparse.Namespace, sink_port: int | None) -> None:
         self.label = f"relayd ({args.loop})"
         self._base = Path(tempfile.mkdtemp(prefix="relay-bench-relayd-"))
@@ -112,6 +114,8 @@ class RelaydTarget:
 
 class PostfixTarget:
     """A throwaway Postfix relaying to smtp-sink (see postfix_local.py)."""
+
+    cpu: float | None  # set by begin_measurement()
 
     def __init__(self, args: argparse.Namespace, sink_port: int | None) -> None:
         if sink_port is None:
@@ -184,6 +188,8 @@ class NullTarget:
 
 class ExternalTarget:
     """Something already listening on 127.0.0.1:PORT; only its SMTP replies are measured."""
+
+    cpu: float | None  # set by begin_measurement(); always None here
 
     def __init__(self, spec: str) -> None:
         host, _, port_text = spec.rpartition(":")

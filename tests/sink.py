@@ -105,7 +105,8 @@ class _SinkSMTP(SMTP):
         sink._protocols.append(self)
 
     def _create_session(self) -> Any:
-        session = super()._create_session()
+        # aiosmtpd's Session has no such attribute: this sink adds it to each session.
+        session: Any = super()._create_session()
         session.sink_connection = self.sink_connection
         return session
 

@@ -21,14 +21,15 @@ async def test_missing_credentials_is_auth_required(anon: httpx.AsyncClient) -> 
 
 
 async def test_wrong_token_is_invalid_token(anon: httpx.AsyncClient) -> None:
-    for headers in [
+    wrong: list[dict[str, str] | dict[bytes, bytes]] = [
         {"Authorization": "Bearer nope"},
         {"Authorization": f"Bearer {TOKEN}x"},
         {"Authorization": f"Basic {TOKEN}"},
         {"Authorization": "Bearer"},
         {"X-API-Key": "nope"},
-        {"Authorization": "Bearer \u00e9t\u00e9".encode("latin-1")},
-    ]:
+        {b"Authorization": "Bearer \u00e9t\u00e9".encode("latin-1")},
+    ]
+    for headers in wrong:
         response = await anon.get("/api/messages", headers=headers)
         assert_envelope(response, 401, "INVALID_TOKEN")
 

@@ -21,6 +21,7 @@ from schemathesis.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from schemathesis.schemas import BaseSchema
 from starlette.routing import Mount, Route
 
 from daemon.api.versioning import deprecate
@@ -93,7 +94,7 @@ def live(make_config: Callable[..., Any], sqlite_url: str) -> Iterator[Server]:
 
 
 def test_schemathesis_finds_no_server_error_or_schema_violation(live: Server) -> None:
-    schema = schemathesis.openapi.from_url(f"{live.base_url}/openapi.json")
+    schema: BaseSchema = schemathesis.openapi.from_url(f"{live.base_url}/openapi.json")
     schema = schema.exclude(path_regex=NOT_FUZZED)
     checks = [
         not_a_server_error,

@@ -88,10 +88,12 @@ async def test_full_message_builds_mixed_alternative_mime(
     body, *attachments = parsed.iter_parts()
     assert body.get_content_type() == "multipart/alternative"
     assert [p.get_content_type() for p in body.iter_parts()] == ["text/plain", "text/html"]
-    assert parsed.get_body(("plain",)).get_content().replace("\r\n", "\n") == (
-        "Hello\n\nplain part\n"
-    )
-    assert "<h1>Hello</h1>" in parsed.get_body(("html",)).get_content()
+    plain = parsed.get_body(("plain",))
+    assert plain is not None
+    assert plain.get_content().replace("\r\n", "\n") == "Hello\n\nplain part\n"
+    html = parsed.get_body(("html",))
+    assert html is not None
+    assert "<h1>Hello</h1>" in html.get_content()
     assert [a.get_filename() for a in attachments] == ["report.pdf", "notes.txt"]
     assert attachments[0].get_content_type() == "application/pdf"
     assert attachments[0].get_content() == PDF
@@ -306,6 +308,7 @@ async def test_metadata_and_personalization_are_stored(
     stored_row = await service.reader.run(
         lambda c: c.execute(messages.select().where(messages.c.id == message_id)).first()
     )
+    assert stored_row is not None
     assert stored_row.personalization == {"enabled": True, "variables": {"first_name": "John"}}
     assert stored_row.source == "api"
 

@@ -207,7 +207,9 @@ def test_text_fields_round_trip(subject: str, body: str, note: str, filename: st
     assert _words(message["X-Note"]) == _words(note)
     _, attachment = message.iter_parts()
     assert _words(attachment.get_filename() or "") == _words(filename)
-    text = message.get_body(("plain",)).get_content().replace("\r\n", "\n")
+    plain = message.get_body(("plain",))
+    assert plain is not None
+    text = plain.get_content().replace("\r\n", "\n")
     expected = body.replace("\r\n", "\n").replace("\r", "\n")
     assert text == (expected if expected.endswith("\n") else expected + "\n")
 

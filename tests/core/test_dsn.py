@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
-from email.message import EmailMessage
-from typing import Any
+from email.message import EmailMessage, Message
+from typing import Any, cast
 
 import pytest
 
@@ -49,6 +49,11 @@ def parse(raw: bytes) -> EmailMessage:
     msg = message_from_bytes(raw, policy=policy.default)
     assert isinstance(msg, EmailMessage)
     return msg
+
+
+def subparts(part: Message) -> list[Message]:
+    """The payload of a part that holds parts (message/delivery-status, message/rfc822)."""
+    return cast(list[Message], part.get_payload())
 
 
 @pytest.mark.parametrize(
@@ -116,7 +121,7 @@ def test_report_structure_and_fields() -> None:
     assert "gone@example.org" in human.get_content()
     assert "No such user" in human.get_content()
     assert status.get_content_type() == "message/delivery-status"
-    per_message, per_rcpt = status.get_payload()
+    per_message, per_rcpt = subparts(status)
     assert per_message["Reporting-MTA"] == "dns; relay.test"
     assert per_message["Original-Envelope-Id"] == "QQ+123"
     assert per_message["Arrival-Date"] == "Fri, 02 Jan 2026 03:04:05 +0000"
@@ -135,7 +140,7 @@ def test_headers_are_returned_by_default() -> None:
     msg = parse(build())
     returned = list(msg.iter_parts())[2]
     assert returned.get_content_type() == "text/rfc822-headers"
-    assert "Original-Envelope-Id" not in list(msg.iter_parts())[1].get_payload()[0]
+    assert "Original-Envelope-Id" not in subparts(list(msg.iter_parts())[1])[0]
 
 
 def test_ret_full_returns_the_exact_original() -> None:
@@ -143,7 +148,7 @@ def test_ret_full_returns_the_exact_original() -> None:
     assert ORIGINAL in raw
     returned = list(parse(raw).iter_parts())[2]
     assert returned.get_content_type() == "message/rfc822"
-    inner = returned.get_payload()[0]
+    inner = subparts(returned)[0]
     assert inner["Message-ID"] == "<orig-1@example.com>"
 
 
@@ -160,7 +165,7 @@ def test_several_recipients_and_hostile_reply_text() -> None:
         "x@example.org", "4.4.1", "no answer\r\nInjected: header", remote_mta="mx.example.org"
     )
     msg = parse(build(recipients=[GONE, other]))
-    blocks = list(msg.iter_parts())[1].get_payload()
+    blocks = subparts(list(msg.iter_parts())[1])
     assert [b["Final-Recipient"] for b in blocks[1:]] == [
         "rfc822; gone@example.org",
         "rfc822; x@example.org",
@@ -222,7 +227,7 @@ def test_relayed_report(ret: str | None, returned_type: str) -> None:
     human, status, returned = msg.iter_parts()
     assert "was relayed" in human.get_content()
     assert "<x@example.org>: 250 2.0.0 Ok: queued as 4Zx" in human.get_content()
-    per_message, per_rcpt = status.get_payload()
+    per_message, per_rcpt = subparts(status)
     assert per_message.items() == [
         ("Reporting-MTA", "dns; relay.test"),
         ("Original-Envelope-Id", "abc"),
@@ -253,7 +258,7 @@ def test_delayed_report(ret: str, returned_type: str) -> None:
     assert "THIS IS A WARNING ONLY" in text
     assert "<slow@example.org>: 451 4.3.0 try later" in text
     assert "retried until Fri, 02 Jan 2026 11:30:00 +0000" in text
-    per_message, per_rcpt = status.get_payload()
+    per_message, per_rcpt = subparts(status)
     assert per_message["Original-Envelope-Id"] == "ENV 7"
     assert per_rcpt.items() == [
         ("Original-Recipient", "rfc822;Slow@example.org"),
@@ -273,7 +278,7 @@ def test_delayed_without_a_give_up_time_leaves_will_retry_until_out() -> None:
     unknown = ReportedRecipient("slow@example.org", "4.4.1", action="delayed")
     msg = parse(build(recipients=[unknown]))
     human, status, _ = msg.iter_parts()
-    per_rcpt = status.get_payload()[1]
+    per_rcpt = subparts(status)[1]
     assert per_rcpt["Will-Retry-Until"] is None
     assert per_rcpt["Diagnostic-Code"] is None
     assert (per_rcpt["Action"], per_rcpt["Status"]) == ("delayed", "4.4.1")

@@ -6,6 +6,7 @@ import pytest
 
 from daemon.core.relay import (
     AddressRejected,
+    IPNetwork,
     RelayDecision,
     check_address,
     is_trusted,
@@ -37,7 +38,11 @@ OFFICE = parse_networks(["10.9.9.0/24"])
     ],
 )
 def test_relay_decision(
-    peer: str, authenticated: bool, networks: tuple, require_auth: bool, expected: RelayDecision
+    peer: str,
+    authenticated: bool,
+    networks: tuple[IPNetwork, ...],
+    require_auth: bool,
+    expected: RelayDecision,
 ) -> None:
     assert relay_decision(peer, authenticated, networks, require_auth) is expected
 

@@ -42,7 +42,7 @@ def test_workspace_providers_replace_global_ones() -> None:
 def test_weighted_split_within_a_priority() -> None:
     providers = [pc("big", 1, 70), pc("small", 1, 30), pc("backup", 2)]
     rng = random.Random(42)
-    firsts = Counter()
+    firsts: Counter[str] = Counter()
     for _ in range(10_000):
         order = order_providers(providers, "ws", rng)
         assert order[2] == "backup"

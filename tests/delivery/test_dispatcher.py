@@ -8,8 +8,9 @@ import random
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
+from email.message import Message
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
@@ -180,7 +181,7 @@ async def test_temporary_failures_back_off_then_fail(
         report = message_from_bytes(s.messages[-1].data, policy=policy.default)
         assert s.messages[-1].mail_from == "<>"
         assert s.messages[-1].rcpt_tos == ["a@example.com"]
-        blocks = list(report.iter_parts())[1].get_payload()
+        blocks = cast(list[Message], list(report.iter_parts())[1].get_payload())
         assert blocks[1]["Status"] == "4.3.0"
 
 
@@ -221,7 +222,7 @@ async def test_permanent_failure_fails_at_once_and_bounces(
     assert report.get_content_type() == "multipart/report"
     assert report["To"] == "a@example.com"
     _, status, returned = report.iter_parts()
-    per_message, per_rcpt = status.get_payload()
+    per_message, per_rcpt = cast(list[Message], status.get_payload())
     assert per_message["Original-Envelope-Id"] == "ENV+1"
     assert per_rcpt["Final-Recipient"] == "rfc822; gone@example.org"
     assert (per_rcpt["Action"], per_rcpt["Status"]) == ("failed", "5.1.1")
@@ -244,7 +245,7 @@ async def test_partial_delivery_bounces_only_the_refused(
         (dsn,) = dsn_rows(engine)
         await wait_status(engine, dsn.id, "sent")
     report = message_from_bytes(s.messages[-1].data, policy=policy.default)
-    blocks = list(report.iter_parts())[1].get_payload()
+    blocks = cast(list[Message], list(report.iter_parts())[1].get_payload())
     assert [b["Final-Recipient"] for b in blocks[1:]] == ["rfc822; gone@example.org"]
     # RET not given: only the headers come back.
     assert list(report.iter_parts())[2].get_content_type() == "text/rfc822-headers"

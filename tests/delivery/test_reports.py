@@ -8,9 +8,9 @@ import re
 import smtplib
 from collections.abc import Awaitable, Callable
 from email import message_from_bytes, policy
-from email.message import EmailMessage
+from email.message import EmailMessage, Message
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
@@ -86,11 +86,11 @@ def delivered_reports(sink: Sink) -> list[SinkMessage]:
     return [m for m in sink.messages if m.mail_from == "<>"]
 
 
-def parse(message: SinkMessage) -> tuple[EmailMessage, list[Any]]:
+def parse(message: SinkMessage) -> tuple[EmailMessage, list[Message]]:
     report = message_from_bytes(message.data, policy=policy.default)
     assert isinstance(report, EmailMessage)
     assert report.get_content_type() == "multipart/report"
-    blocks = list(report.iter_parts())[1].get_payload()
+    blocks = cast(list[Message], list(report.iter_parts())[1].get_payload())
     return report, blocks
 
 
@@ -376,7 +376,9 @@ async def test_waiting_for_a_down_provider_gets_one_delayed_dsn(
     # no give-up time.
     for absent in ("Remote-MTA", "Last-Attempt-Date", "Will-Retry-Until"):
         assert per_rcpt[absent] is None
-    assert "retried until" not in report.get_body(("plain",)).get_content()
+    plain = report.get_body(("plain",))
+    assert plain is not None
+    assert "retried until" not in plain.get_content()
 
 
 async def test_waiting_at_a_rate_limit_gets_one_delayed_dsn(start_relay: StartRelay) -> None:

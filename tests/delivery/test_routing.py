@@ -9,6 +9,7 @@ the fakes actually accepted.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import re
 from collections import Counter
@@ -92,7 +93,7 @@ async def enqueue(service: RelayService, count: int, start: int = 0) -> list[str
     ids = []
     for n in range(start, start + count):
         message = new_message(raw=raw_for(n))
-        await service.committer.run(lambda c, m=message: queue.insert_messages(c, [m]))
+        await service.committer.run(functools.partial(queue.insert_messages, batch=[message]))
         ids.append(message.id)
         await asyncio.sleep(0.002)  # distinct millisecond ids
     service.wake.set()

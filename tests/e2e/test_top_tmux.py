@@ -57,7 +57,7 @@ def test_top_renders_and_quits_on_q(
     assert started.returncode == 0, started.stderr
     # The first screen (with the first event's time, ...Z) and all it must show; a capture
     # may catch a screen half drawn, so wait for the whole of it, not its first lines.
-    wanted = ("press q to quit", "Providers", "Z", "relayctl top", daemon.url)
+    wanted: tuple[str, ...] = ("press q to quit", "Providers", "Z", "relayctl top", daemon.url)
     wanted += ("Realtime", "QUEUE DEPTH", "outbox")  # outbox: a provider row from /api/stats
     try:
         screen = ""

@@ -261,6 +261,7 @@ async def test_delivery_outcomes_map_to_maylng_statuses(
     queue_id = await service.reader.run(
         lambda c: c.execute(sa.select(messages.c.id).where(messages.c.uuid == ok["id"])).scalar()
     )
+    assert queue_id is not None
     await finish(service, queue_id, "sent")
     status = (await client.get(f"/v1/emails/{ok['id']}/status", headers=auth)).json()
     assert status["status"] == "sent"
@@ -273,6 +274,7 @@ async def test_delivery_outcomes_map_to_maylng_statuses(
     bad_id = await service.reader.run(
         lambda c: c.execute(sa.select(messages.c.id).where(messages.c.uuid == bad["id"])).scalar()
     )
+    assert bad_id is not None
     await finish(service, bad_id, "failed", 550)
     failed = (await client.get(f"/v1/emails/{bad['id']}", headers=auth)).json()
     assert failed["status"] == "failed"

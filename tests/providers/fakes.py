@@ -28,7 +28,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self, cast
 from urllib.parse import parse_qs
 
 import jwt
@@ -158,7 +158,7 @@ class FakeApi:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def start(self, port: int = 0) -> FakeApi:
+    async def start(self, port: int = 0) -> Self:
         self._socket = socket.socket()
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind(("127.0.0.1", port))
@@ -186,7 +186,7 @@ class FakeApi:
         if self._socket is not None:
             self._socket.close()
 
-    async def __aenter__(self) -> FakeApi:
+    async def __aenter__(self) -> Self:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:
@@ -511,7 +511,7 @@ class SendgridFake(FakeApi):
         _expect(set(body) <= allowed, f"unknown fields {sorted(set(body) - allowed)}")
         blocks = body.get("personalizations")
         _expect(isinstance(blocks, list) and 1 <= len(blocks) <= 1000, "personalizations")
-        for block in blocks:
+        for block in cast(list[dict[str, Any]], blocks):  # a list: checked just above
             _expect(isinstance(block.get("to"), list) and block["to"], "a personalization needs to")
             emails = [p["email"].lower() for k in ("to", "cc", "bcc") for p in block.get(k, [])]
             _expect(len(emails) == len(set(emails)), "an address twice in one personalization")

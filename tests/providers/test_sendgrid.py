@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 from email.message import EmailMessage
 from email.policy import SMTP
+from typing import cast
 
 import httpx
 import pytest
@@ -35,7 +36,8 @@ def rich_message() -> bytes:
     msg["Received"] = "from somewhere"
     msg.set_content("Plain body")
     msg.add_alternative("<p>HTML body <img src='cid:logo1'></p>", subtype="html")
-    msg.get_payload()[1].add_related(b"\x89PNG fake", "image", "png", cid="<logo1>")
+    html = cast(list[EmailMessage], msg.get_payload())[1]  # multipart/alternative by now
+    html.add_related(b"\x89PNG fake", "image", "png", cid="<logo1>")
     msg.add_attachment(b"%PDF-1.4 fake", maintype="application", subtype="pdf", filename="q3.pdf")
     return msg.as_bytes()
 

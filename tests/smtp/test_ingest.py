@@ -6,7 +6,7 @@ import asyncio
 import json
 import smtplib
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
@@ -190,7 +190,8 @@ async def test_invalid_x_metadata_is_550_with_a_reason(smtp_relay: SmtpRelay) ->
     with pytest.raises(smtplib.SMTPDataError) as info:
         await in_thread(send)
     assert info.value.smtp_code == 550
-    assert info.value.smtp_error.startswith(b"5.6.0 Invalid X-Metadata header: not JSON")
+    reply = cast(bytes, info.value.smtp_error)  # smtplib keeps it as bytes (typeshed: bytes | str)
+    assert reply.startswith(b"5.6.0 Invalid X-Metadata header: not JSON")
     assert smtp_relay.count() == 0
 
 

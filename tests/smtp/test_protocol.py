@@ -292,5 +292,6 @@ async def test_a_session_copied_from_its_template_equals_one_aiosmtpd_built(
                 assert mine is not value, key  # per connection, never shared
         else:
             assert mine == value, key
-    assert copied._stream_reader is not built._stream_reader
+    # asyncio's private StreamReaderProtocol._stream_reader: typeshed does not declare it.
+    assert copied._stream_reader is not built._stream_reader  # type: ignore[attr-defined]
     assert copied._stream_reader._limit == built._stream_reader._limit  # type: ignore[attr-defined]

@@ -12,7 +12,7 @@ OpenDialog = Callable[..., Awaitable[Dialog]]
 
 
 async def read_reply(reader: asyncio.StreamReader) -> list[bytes]:
-    lines = []
+    lines: list[bytes] = []
     while True:
         line = await asyncio.wait_for(reader.readline(), 10)
         assert line.endswith(b"\r\n"), lines

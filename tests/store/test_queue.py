@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import os
 import threading
 import uuid
@@ -205,7 +206,7 @@ async def test_group_commit_batches_concurrent_writes(engine: Engine) -> None:
     await committer.start()
     batch = [new_message() for _ in range(100)]
     await asyncio.gather(
-        *(committer.run(lambda c, m=m: queue.insert_messages(c, [m])) for m in batch)
+        *(committer.run(functools.partial(queue.insert_messages, batch=[m])) for m in batch)
     )
     assert committer.ops == 100
     assert committer.commits < 100
@@ -246,7 +247,8 @@ async def test_the_writer_holds_one_connection_between_commits_and_drops_it_afte
             await committer.run(lambda c: 1 / 0)
         assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
         # The next commit works, on a connection in a fresh state.
-        assert await committer.run(lambda c: queue.insert_messages(c, [new_message()])) is None
+        inserted: object = await committer.run(lambda c: queue.insert_messages(c, [new_message()]))
+        assert inserted is None
     finally:
         await committer.close()
     assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
@@ -268,7 +270,8 @@ async def test_a_connection_the_server_dropped_while_idle_is_not_used_again(
         with engine.connect() as conn:
             assert conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": backend}).scalar()
         await asyncio.sleep(0.2)
-        assert await committer.run(lambda c: queue.insert_messages(c, [new_message()])) is None
+        inserted: object = await committer.run(lambda c: queue.insert_messages(c, [new_message()]))
+        assert inserted is None
         assert await committer.run(_session_id) != backend
     finally:
         await committer.close()
