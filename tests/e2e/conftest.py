@@ -57,18 +57,22 @@ class Daemon:
 
     def __init__(self, workdir: Path, extra_toml: str = "") -> None:
         self.workdir = workdir
-        self.smtp_port, self.tls_port, self.http_port = free_ports(3)
+        self.extra_toml = extra_toml
         self.config_path = workdir / "relayd.toml"
+        self._pick_ports()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = workdir / "relayd.log"
+
+    def _pick_ports(self) -> None:
+        self.smtp_port, self.tls_port, self.http_port = free_ports(3)
         self.config_path.write_text(
-            f'data_dir = "{workdir / "data"}"\n'
+            f'data_dir = "{self.workdir / "data"}"\n'
             f"[smtp]\nport = {self.smtp_port}\ntls_port = {self.tls_port}\n"
             f'hostname = "relay.test"\n'
             f"[http]\nport = {self.http_port}\n"
             '[queue]\nprocess_interval = "1s"\nretry_base = "1s"\nretry_max = "2s"\n'
-            'lease = "5s"\nshutdown_grace = "5s"\n' + extra_toml
+            'lease = "5s"\nshutdown_grace = "5s"\n' + self.extra_toml
         )
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = workdir / "relayd.log"
 
     @property
     def url(self) -> str:
@@ -85,6 +89,22 @@ class Daemon:
         return env
 
     def start(self) -> None:
+        """Start relayd; on its first start, new ports if one was taken since it was picked."""
+        first = self.proc is None
+        for attempt in range(3):
+            logged = self.log.stat().st_size if self.log.exists() else 0
+            try:
+                self._start()
+                return
+            except RuntimeError:
+                with self.log.open("rb") as log:
+                    log.seek(logged)
+                    taken = b"Address already in use" in log.read()
+                if not (first and taken and attempt < 2):
+                    raise
+            self._pick_ports()  # another process bound a port between pick and start
+
+    def _start(self) -> None:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [str(BIN / "relayd"), "--config", str(self.config_path)],
