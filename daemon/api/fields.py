@@ -17,6 +17,7 @@ from starlette.requests import ClientDisconnect, Request
 
 from daemon.api.errors import ApiError
 from daemon.api.middleware import header
+from daemon.core import jsondoc
 from daemon.core.compose import Mailbox
 
 MAX_JSON_FIELD = 65536  # serialised bytes of a free-form object (metadata, variables)
@@ -32,20 +33,12 @@ def missing(field_name: str, message: str | None = None) -> ApiError:
     )
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-# json.loads(body, parse_constant=...) builds a decoder per call: build it once.
-_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
-
-
 def parse_json(body: bytes) -> Any:
-    """Decode a JSON body; NaN/Infinity, bad UTF-8 and absurd nesting are INVALID_REQUEST."""
+    """Decode a JSON body; bad UTF-8 and what :func:`jsondoc.loads` refuses are INVALID_REQUEST."""
     try:
         # What json.loads does with bytes before decoding.
         text = body.decode(json.detect_encoding(body), "surrogatepass")
-        return _DECODER.decode(text)
+        return jsondoc.loads(text)
     except (ValueError, RecursionError) as exc:
         message = str(exc) if isinstance(exc, ValueError) else "nested too deeply"
         raise ApiError("INVALID_REQUEST", f"Malformed JSON body: {message}") from None

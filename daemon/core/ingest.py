@@ -13,7 +13,6 @@ LF also become CRLF.
 from __future__ import annotations
 
 import functools
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from email.header import decode_header, make_header
 from email.utils import getaddresses
 from typing import Any
 
+from daemon.core import jsondoc
 from daemon.core.compose import CONTROL_CHARS
 from daemon.core.ids import WORKSPACE_ID, WORKSPACE_ID_RULE
 from daemon.core.message import PRIORITIES, NewMessage, Recipient
@@ -190,9 +190,14 @@ def _workspace_id(fields: dict[str, str]) -> str | None:
 
 def _json_object(value: str, header: str) -> dict[str, Any]:
     try:
-        parsed = json.loads(value)
-    except ValueError as exc:
-        raise IngestRejected(550, "5.6.0", f"Invalid {header} header: not JSON ({exc})") from None
+        parsed = jsondoc.loads(value)
+    except jsondoc.JsonRefused as exc:
+        raise IngestRejected(550, "5.6.0", f"Invalid {header} header: {exc}") from None
+    except (ValueError, RecursionError) as exc:
+        reason = str(exc) if isinstance(exc, ValueError) else "nested too deeply"
+        raise IngestRejected(
+            550, "5.6.0", f"Invalid {header} header: not JSON ({reason})"
+        ) from None
     if not isinstance(parsed, dict):
         raise IngestRejected(550, "5.6.0", f"Invalid {header} header: expected a JSON object")
     return parsed

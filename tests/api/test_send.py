@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from datetime import UTC, datetime, timedelta
 from email import policy
 from email.message import EmailMessage
@@ -226,6 +227,35 @@ async def test_malformed_body_is_invalid_request(client: httpx.AsyncClient, raw:
         "/api/messages", content=raw, headers={"Content-Type": "application/json"}
     )
     assert_envelope(response, 400, "INVALID_REQUEST")
+
+
+@pytest.mark.parametrize(
+    ("metadata", "reason"),
+    [
+        ('{"n": 1e400}', "the number 1e400 is out of range"),
+        ('{"n": -1e999}', "the number -1e999 is out of range"),
+        ("[" * 65 + "]" * 65, "nested deeper than 64 levels"),
+    ],
+)
+async def test_what_could_not_be_answered_is_not_stored(
+    client: httpx.AsyncClient, metadata: str, reason: str
+) -> None:
+    """Valid to Python's decoder, but no JSON encoder could write it back: refused at the door."""
+    body = json.dumps(message(subject="odd")).replace(
+        '"subject"', f'"metadata": {metadata}, "subject"'
+    )
+    response = await client.post(
+        "/api/messages", content=body, headers={"Content-Type": "application/json"}
+    )
+    error = assert_envelope(response, 400, "INVALID_REQUEST")
+    assert error["message"] == f"Malformed JSON body: {reason}"
+    listed = await client.get("/api/messages")
+    assert listed.status_code == 200 and listed.json()["data"]["messages"] == []
+    deep = {"a": [[[[{"b": 1.5e300}]]]]}  # nested a little, large but finite: taken
+    taken = await client.post("/api/messages", json=message(metadata=deep))
+    assert taken.status_code == 202, taken.text
+    shown = await client.get(f"/api/messages/{taken.json()['data']['message_id']}")
+    assert shown.json()["data"]["metadata"] == deep
 
 
 async def test_message_too_large(client: httpx.AsyncClient, service: RelayService) -> None:

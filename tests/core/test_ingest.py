@@ -199,6 +199,9 @@ def test_priority(value: str | None, expected: int) -> None:
     [
         (b"X-Metadata: {not json}", "Invalid X-Metadata header: not JSON"),
         (b"X-Metadata: [1, 2]", "Invalid X-Metadata header: expected a JSON object"),
+        (b'X-Metadata: {"n": 1e400}', "Invalid X-Metadata header: the number 1e400 is out of"),
+        (b'X-Metadata: {"n": NaN}', "Invalid X-Metadata header: NaN is not valid JSON"),
+        (b"X-Metadata: " + b"[" * 70 + b"]" * 70, "Invalid X-Metadata header: nested deeper"),
         (b"X-Personalization-Context: nope", "Invalid X-Personalization-Context header"),
         (b"X-Enable-Personalization: maybe", "Invalid X-Enable-Personalization header"),
         (b"X-Retry-Count: -1", "Invalid X-Retry-Count header"),
