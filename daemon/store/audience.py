@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlmodel import Field, SQLModel
 
@@ -115,19 +116,20 @@ def insert_recipient(conn: Connection, values: Mapping[str, Any]) -> Any:
     """Insert one recipient; RecipientExists when (workspace, email) is taken."""
     row = dict(values)
     row["email"] = normalize(row["email"])
-    exists = conn.execute(
-        sa.select(recipients.c.id).where(
-            recipients.c.workspace_id == row["workspace_id"], recipients.c.email == row["email"]
-        )
+    # ON CONFLICT DO NOTHING, not a savepoint around a plain INSERT: the batch this runs
+    # in stays one transaction (pysqlite commits a savepoint opened outside a
+    # transaction when it is released), and the same address twice in one batch is
+    # one row and one RecipientExists.
+    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    added = conn.execute(
+        insert(recipients)
+        .values(**row)
+        .on_conflict_do_nothing(index_elements=[recipients.c.workspace_id, recipients.c.email])
+        .returning(recipients)
     ).first()
-    if exists is not None:
+    if added is None:
         raise RecipientExists(row["email"])
-    try:
-        # A savepoint, so a concurrent insert of the same address does not abort the batch.
-        with conn.begin_nested():
-            return conn.execute(recipients.insert().values(**row).returning(recipients)).one()
-    except sa.exc.IntegrityError:
-        raise RecipientExists(row["email"]) from None
+    return added
 
 
 def get_recipient(conn: Connection, workspace_id: str, email: str) -> Any:

@@ -8,6 +8,7 @@ An event whose dedupe key was seen before changes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 from dataclasses import dataclass, field
@@ -73,17 +74,18 @@ class Applied:
 def _ensure_recipient(conn: Connection, workspace_id: str, email: str, at: datetime) -> None:
     """Suppression must hold for later sends, so an unknown address gets a row."""
     if audience.get_recipient(conn, workspace_id, email) is None:
-        audience.insert_recipient(
-            conn,
-            {
-                "workspace_id": workspace_id,
-                "email": email,
-                "status": "ACTIVE",
-                "metadata": {"source": "engagement"},
-                "created_at": at,
-                "updated_at": at,
-            },
-        )
+        with contextlib.suppress(audience.RecipientExists):  # another daemon added it
+            audience.insert_recipient(
+                conn,
+                {
+                    "workspace_id": workspace_id,
+                    "email": email,
+                    "status": "ACTIVE",
+                    "metadata": {"source": "engagement"},
+                    "created_at": at,
+                    "updated_at": at,
+                },
+            )
 
 
 def _soft_threshold(

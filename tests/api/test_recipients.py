@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -220,3 +221,17 @@ async def test_sending_creates_no_recipients(
     )
     assert count == 0
     assert (await client.get("/v1/recipients")).json()["data"]["recipients"] == []
+
+
+async def test_the_same_address_added_at_once_is_one_201_and_the_rest_409(
+    client: httpx.AsyncClient,
+) -> None:
+    """Adds that meet in one group commit: exactly the one that created the row says so."""
+    for round_ in range(3):
+        email = f"race{round_}@example.org"
+        answers = await asyncio.gather(
+            *(client.post("/api/recipients", json={"email": email}) for _ in range(8))
+        )
+        codes = sorted(response.status_code for response in answers)
+        assert codes == [201] + [409] * 7, [r.text for r in answers]
+        assert (await client.get(f"/api/recipients/{email}")).status_code == 200
