@@ -8,7 +8,7 @@ import logging
 import time
 import weakref
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.engine import Connection
@@ -252,13 +252,16 @@ def _query_text(request: Request, name: str) -> str | None:
     return value
 
 
-def _query_time(request: Request, name: str) -> datetime | None:
+def _query_time(request: Request, name: str, whole_day: bool = False) -> datetime | None:
+    """An ISO 8601 query time in UTC; ``whole_day``: a bare date means its last instant."""
     value = _query_text(request, name)
     if value is None:
         return None
     for candidate in (value, value.replace(" ", "+")):  # a '+' offset arrives as a space
         try:
             when = datetime.fromisoformat(candidate)
+            if whole_day and len(candidate) == 10:  # YYYY-MM-DD: up to the end of that day
+                when += timedelta(days=1, microseconds=-1)
             return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
         except (ValueError, OverflowError):
             continue
@@ -287,7 +290,7 @@ def list_filter(request: Request, principal: Principal) -> queue.ListFilter:
         mail_from=_query_text(request, "from"),
         to=_query_text(request, "to"),
         date_from=_query_time(request, "date_from"),
-        date_to=_query_time(request, "date_to"),
+        date_to=_query_time(request, "date_to", whole_day=True),
     )
 
 

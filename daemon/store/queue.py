@@ -518,9 +518,13 @@ def _filter_conditions(f: ListFilter) -> list[sa.ColumnElement[bool]]:
     if f.workspace_id:
         cond.append(messages.c.workspace_id == f.workspace_id)
     if f.mail_from:
+        # The envelope sender, or the From header holding it; "%" and "_" are literal, and
+        # case does not count on either database (a LIKE only ignores it on SQLite).
+        sender = f.mail_from.lower()
         cond.append(
             sa.or_(
-                messages.c.mail_from == f.mail_from, messages.c.from_header.contains(f.mail_from)
+                sa.func.lower(messages.c.mail_from) == sender,
+                sa.func.lower(messages.c.from_header).contains(sender, autoescape=True),
             )
         )
     if f.to:

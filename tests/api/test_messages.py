@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -40,7 +41,9 @@ def links(response: httpx.Response) -> dict[str, str]:
     }
 
 
-async def test_list_shape_and_filters(client: httpx.AsyncClient, service: RelayService) -> None:
+async def test_list_shape_and_filters(
+    client: httpx.AsyncClient, service: RelayService, clear_of_midnight: None
+) -> None:
     first = await send(client, campaign_id="camp-1", metadata={"source": "api"})
     second = await send(
         client, **{"from": "other@example.com"}, to=["x@example.net"], cc=["c@example.net"]
@@ -70,12 +73,17 @@ async def test_list_shape_and_filters(client: httpx.AsyncClient, service: RelayS
     assert await ids("status=failed") == [first]
     assert await ids("status=queued") == [second]
     assert await ids("from=other@example.com") == [second]
+    assert await ids("from=Other@Example.COM") == [second]  # on PostgreSQL too
+    assert await ids("from=%25") == []  # "%" and "_" are themselves, not wildcards
+    assert await ids("from=_ther@example.com") == []
     assert await ids("to=rcpt@example.org") == [first]
     assert await ids("to=c@example.net") == [second]
     assert await ids("workspace_id=default") == [second, first]
     assert await ids("workspace_id=nobody") == []
     assert await ids("date_from=2000-01-01&date_to=2999-01-01T00:00:00Z") == [second, first]
     assert await ids("date_from=2999-01-01") == []
+    today = datetime.now(UTC).date().isoformat()
+    assert await ids(f"date_from={today}&date_to={today}") == [second, first]  # the whole day
     assert await ids("date_to=2000-01-01T00:00:00 00:00") == []  # '+' decoded as a space
 
 
