@@ -19,14 +19,7 @@ from starlette.routing import Route
 
 from daemon.api.auth import Principal, requires_auth, service_of
 from daemon.api.errors import ApiError, iso_utc
-from daemon.api.fields import (
-    check_text,
-    invalid,
-    missing,
-    parse_json,
-    read_body,
-    reject_unknown_fields,
-)
+from daemon.api.fields import invalid, missing, object_body
 from daemon.api.recipients import workspace_param
 from daemon.api.responses import ok
 from daemon.store import counters
@@ -123,17 +116,12 @@ async def rename(request: Request, principal: Principal) -> Response:
     """PUT /api/campaigns/{id} with {"name": ...}: answers campaign_id, name, status, updated_at."""
     service = service_of(request)
     campaign_id = _campaign_id(request)
-    raw = await read_body(request, _MAX_BODY)
-    body = parse_json(raw)
-    if not isinstance(body, dict):
-        raise ApiError("INVALID_REQUEST", "the request body must be a JSON object")
-    reject_unknown_fields(body, {"name", "workspace_id"})
+    body = await object_body(request, _MAX_BODY, {"name", "workspace_id"})
     name = body.get("name")
     if name is None:
         raise missing("name")
     if not isinstance(name, str) or not name.strip() or len(name) > 200:
         raise invalid("name", "name must be a non-empty string of at most 200 characters")
-    check_text(body)
     found = await _find(request, campaign_id, _scope(request, principal, body.get("workspace_id")))
     now = service.clock()
     row = await service.committer.run(

@@ -199,6 +199,23 @@ def _too_large(limit: int) -> ApiError:
     )
 
 
+def parse_object(raw: bytes, allowed: Collection[str], *, empty: bool = False) -> dict[str, Any]:
+    """A JSON object body with only ``allowed`` fields and clean text (``empty``: b"" is {})."""
+    document = parse_json(raw) if raw.strip() or not empty else {}
+    if not isinstance(document, dict):
+        raise ApiError("INVALID_REQUEST", "the request body must be a JSON object")
+    reject_unknown_fields(document, allowed)
+    check_text(document)
+    return document
+
+
+async def object_body(
+    request: Request, limit: int, allowed: Collection[str], *, empty: bool = False
+) -> dict[str, Any]:
+    """:func:`parse_object` of the request body, read through :func:`read_body`."""
+    return parse_object(await read_body(request, limit), allowed, empty=empty)
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it passes ``limit`` bytes.
 

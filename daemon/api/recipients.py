@@ -20,16 +20,7 @@ from starlette.routing import Route
 
 from daemon.api.auth import Principal, requires_auth, service_of
 from daemon.api.errors import ApiError, iso_utc
-from daemon.api.fields import (
-    check_text,
-    invalid,
-    mailbox,
-    missing,
-    parse_json,
-    read_body,
-    reject_unknown_fields,
-    string_field,
-)
+from daemon.api.fields import invalid, mailbox, missing, parse_object, read_body, string_field
 from daemon.api.pagination import Page
 from daemon.api.responses import by_method, ok
 from daemon.core.ids import WORKSPACE_ID, WORKSPACE_ID_RULE
@@ -120,11 +111,7 @@ def _status_changes(status: str, reason: str | None, now: datetime) -> dict[str,
 
 async def _body(request: Request, allowed: frozenset[str]) -> dict[str, Any]:
     raw = await read_body(request, _MAX_BODY)
-    body = parse_json(raw)
-    if not isinstance(body, dict):
-        raise ApiError("INVALID_REQUEST", "the request body must be a JSON object")
-    reject_unknown_fields(body, allowed)
-    check_text(body)
+    body = parse_object(raw, allowed)
     if body.get("metadata") is not None and len(raw) > _MAX_METADATA:
         raise invalid("metadata", f"metadata must serialise to at most {_MAX_METADATA} bytes")
     return body

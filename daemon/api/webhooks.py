@@ -28,14 +28,7 @@ from starlette.routing import Route
 
 from daemon.api.auth import Principal, requires_auth, service_of
 from daemon.api.errors import ApiError, iso_utc
-from daemon.api.fields import (
-    check_text,
-    invalid,
-    missing,
-    parse_json,
-    read_body,
-    reject_unknown_fields,
-)
+from daemon.api.fields import invalid, missing, object_body
 from daemon.api.pagination import Page
 from daemon.api.recipients import workspace_param
 from daemon.api.responses import by_method, ok
@@ -89,13 +82,7 @@ def _not_found(webhook_id: str) -> ApiError:
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    raw = await read_body(request, _MAX_BODY)
-    body = parse_json(raw)
-    if not isinstance(body, dict):
-        raise ApiError("INVALID_REQUEST", "the request body must be a JSON object")
-    reject_unknown_fields(body, _FIELDS)
-    check_text(body)
-    return body
+    return await object_body(request, _MAX_BODY, _FIELDS)
 
 
 def _values(body: dict[str, Any]) -> dict[str, Any]:

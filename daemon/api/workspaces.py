@@ -17,15 +17,7 @@ from starlette.routing import Route
 
 from daemon.api.auth import Principal, requires_admin, service_of
 from daemon.api.errors import ApiError, iso_utc
-from daemon.api.fields import (
-    check_text,
-    invalid,
-    missing,
-    parse_json,
-    read_body,
-    reject_unknown_fields,
-    string_field,
-)
+from daemon.api.fields import invalid, missing, object_body, string_field
 from daemon.api.pagination import Page
 from daemon.api.responses import by_method, ok
 from daemon.core import plans
@@ -43,13 +35,7 @@ PREFIX_LENGTH = len(KEY_PREFIX) + 8
 
 async def json_body(request: Request, allowed: frozenset[str]) -> dict[str, Any]:
     """A small JSON object body with only ``allowed`` fields."""
-    body = await read_body(request, MAX_BODY)
-    document = parse_json(body) if body.strip() else {}
-    if not isinstance(document, dict):
-        raise ApiError("INVALID_REQUEST", "The body must be a JSON object")
-    reject_unknown_fields(document, allowed)
-    check_text(document)
-    return document
+    return await object_body(request, MAX_BODY, allowed, empty=True)
 
 
 def _id_field(body: dict[str, Any], key: str) -> str | None:
