@@ -23,6 +23,7 @@ import asyncio
 import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -69,6 +70,14 @@ TOUCH_EVERY = timedelta(minutes=1)
 IDEMPOTENCY_TTL = timedelta(hours=24)
 
 
+@dataclass(frozen=True)
+class BurstUse:
+    """The burst window after a request, and whether it refused the request."""
+
+    use: plans.WindowUse
+    refused: bool
+
+
 def _workspace_info(row: Any) -> WorkspaceInfo:
     return WorkspaceInfo(
         row.id, row.plan, row.custom_limits, row.daily_quota, row.user_daily_quota, True
@@ -83,7 +92,8 @@ class Tenancy:
         self._monotonic = monotonic
         self._keys: dict[str, tuple[float, KeyIdentity]] = {}
         self._workspaces: dict[str, tuple[float, WorkspaceInfo]] = {}
-        self._burst: dict[str, tuple[int, int]] = {}
+        self._burst: dict[str, tuple[int, int]] = {}  # workspace -> (second, requests in it)
+        self._seen: dict[str, tuple[datetime, int]] = {}  # counter key -> (window, count)
         self._reports: dict[str, tuple[float, tuple[int, ...]]] = {}
         self._report_headers: dict[tuple[str, str, str], tuple[int, float, RateDecision]] = {}
         self._roomy: dict[str, float] = {}  # quota windows last seen with room (quota_left)
@@ -209,7 +219,7 @@ class Tenancy:
 
     @staticmethod
     def _uses(
-        buckets: list[tuple[str, int, Bucket]], counts: tuple[int, ...], now: datetime
+        buckets: list[tuple[str, int, Bucket]], counts: Sequence[int], now: datetime
     ) -> list[plans.WindowUse]:
         return [
             plans.WindowUse(name, seconds, bucket.limit, used, plans.window_reset(now, seconds))
@@ -217,8 +227,12 @@ class Tenancy:
             if bucket.limit is not None
         ]
 
-    def _take_burst(self, workspace: WorkspaceInfo, now: datetime) -> plans.WindowUse | None:
-        """Count one request in this second; the burst window when it is already full."""
+    def _burst_use(self, workspace: WorkspaceInfo, now: datetime, take: bool) -> BurstUse | None:
+        """The burst window (requests within this second), counting this request if ``take``.
+
+        None when the plan sets no burst limit. With ``take``, a full window is not
+        counted and comes back refused.
+        """
         burst = plans.tier_for(workspace.plan, workspace.custom_limits).burst
         if burst is None:
             return None
@@ -226,23 +240,62 @@ class Tenancy:
         last, count = self._burst.get(workspace.id, (second, 0))
         if last != second:
             count = 0
+        reset = plans.window_reset(now, plans.SECOND)
         if count >= burst:
-            return plans.WindowUse("burst", plans.SECOND, burst, count, plans.window_reset(now, 1))
-        if len(self._burst) > 10000:
-            self._burst.clear()
-        self._burst[workspace.id] = (second, count + 1)
-        return None
+            return BurstUse(plans.WindowUse("burst", plans.SECOND, burst, burst, reset), take)
+        if take:
+            count += 1
+            if len(self._burst) > 10000:
+                self._burst.clear()
+            self._burst[workspace.id] = (second, count)
+        return BurstUse(plans.WindowUse("burst", plans.SECOND, burst, count, reset), False)
+
+    def _remember(self, buckets: list[tuple[str, int, Bucket]], counts: Sequence[int]) -> None:
+        """Keep the counts a consume saw, for a request the burst window refuses unseen."""
+        if len(self._seen) > 10000:
+            self._seen.clear()
+        for (_, _, bucket), used in zip(buckets, counts, strict=True):
+            self._seen[bucket.key] = (bucket.window_start, used)
+
+    def _last_seen(self, buckets: list[tuple[str, int, Bucket]]) -> list[int]:
+        """The counts this daemon last saw in the current windows (0 when none was seen)."""
+        counts = []
+        for _, _, bucket in buckets:
+            seen = self._seen.get(bucket.key)
+            counts.append(seen[1] if seen is not None and seen[0] == bucket.window_start else 0)
+        return counts
+
+    @staticmethod
+    def _refusal(
+        uses: list[plans.WindowUse], refused: plans.WindowUse, workspace_id: str, now: datetime
+    ) -> RateDecision:
+        """429: ``refused`` is full; the headers name the full window that opens last.
+
+        A request is accepted again only when every full window has room, so that
+        window's reset is when to retry (a full hour behind a full burst second:
+        the hour, not one second).
+        """
+        full = [u for u in uses if u.remaining == 0 and u.name != refused.name]
+        binding = plans.most_constraining([refused, *full])
+        assert binding is not None
+        return RateDecision(plans.rate_headers(binding, workspace_id, now), binding)
 
     async def count_request(
         self, workspace_id: str, key: KeyIdentity | None, method: str, path: str
     ) -> RateDecision:
-        """Count a workspace credential's request against its plan and endpoint limits."""
+        """Count a workspace credential's request against its plan and endpoint limits.
+
+        The headers describe the window nearest to refusing: the fewest requests
+        left, the burst second included (reference 6.3: "the most constraining").
+        """
         workspace = await self.workspace(workspace_id)
         now = self._service.clock()
-        burst = self._take_burst(workspace, now)
-        if burst is not None:
-            return RateDecision(plans.rate_headers(burst, workspace_id, now), burst)
+        burst = self._burst_use(workspace, now, take=True)
         buckets = self._request_buckets(workspace, method, path, now)
+        if burst is not None and burst.refused:
+            # Refused in memory, without a query: the other windows as last seen here.
+            uses = self._uses(buckets, self._last_seen(buckets), now)
+            return self._refusal(uses, burst.use, workspace_id, now)
         touch = key is not None and (
             key.last_used_at is None or now - key.last_used_at >= TOUCH_EVERY
         )
@@ -255,14 +308,17 @@ class Tenancy:
         result = await self._service.committer.run(op)
         if touch and key is not None:
             self._keys.clear()  # the cached last_used_at is stale now
+        self._remember(buckets, result.counts)
         uses = self._uses(buckets, result.counts, now)
+        if burst is not None:
+            uses.append(burst.use)
         if not result.ok and result.refused is not None:
             name, seconds, bucket = buckets[result.refused]
             assert bucket.limit is not None
             full = plans.WindowUse(
                 name, seconds, bucket.limit, bucket.limit, plans.window_reset(now, seconds)
             )
-            return RateDecision(plans.rate_headers(full, workspace_id, now), full)
+            return self._refusal(uses, full, workspace_id, now)
         window = plans.most_constraining(uses)
         return RateDecision(plans.rate_headers(window, workspace_id, now))
 
@@ -295,7 +351,11 @@ class Tenancy:
             if len(self._reports) > 10000:
                 self._reports.clear()
             self._reports[cache_key] = (clock, counts)
-        window = plans.most_constraining(self._uses(buckets, counts, now))
+        uses = self._uses(buckets, counts, now)
+        burst = self._burst_use(workspace, now, take=False)
+        if burst is not None:
+            uses.append(burst.use)
+        window = plans.most_constraining(uses)
         decision = RateDecision(plans.rate_headers(window, workspace_id, now))
         if len(self._report_headers) > 10000:
             self._report_headers.clear()

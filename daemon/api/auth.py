@@ -4,7 +4,9 @@ Credentials come as ``Authorization: Bearer <token>`` or ``X-API-Key: <token>``:
 
 - the admin token (constant-time compare): every workspace; ``X-Workspace-ID``
   (or a ``workspace_id`` in the query or body) picks the one a call acts in,
-  without it the admin sees every workspace and creates in ``default``;
+  without it the admin sees every workspace and creates in ``default``; the
+  header and a ``workspace_id`` naming different workspaces is 400
+  ``INVALID_REQUEST``;
 - an API key ``sk_live_...`` or a Maylng account key ``maylng_...`` (looked up
   by its SHA-256): that key's workspace (and user, for a per-user key) only;
   naming another workspace is 403 ``WORKSPACE_ACCESS_DENIED``;
@@ -66,13 +68,30 @@ class Principal:
         return requested
 
     def check_workspace(self, workspace_id: str) -> None:
-        """Refuse access to a workspace outside this principal's scope."""
-        if self.workspace_id is not None and workspace_id != self.workspace_id:
+        """Refuse access to a workspace outside this principal's scope.
+
+        A workspace credential naming another workspace is denied (403). The admin
+        may act in any workspace: its X-Workspace-ID naming one and the request
+        another is a contradiction in the request (400), not a missing right.
+        """
+        if self.workspace_id is None or workspace_id == self.workspace_id:
+            return
+        if self.is_admin:
             raise ApiError(
-                "WORKSPACE_ACCESS_DENIED",
-                f"this call is scoped to workspace {self.workspace_id!r}",
-                {"workspace_id": workspace_id},
+                "INVALID_REQUEST",
+                f"X-Workspace-ID names workspace {self.workspace_id!r} but workspace_id names "
+                f"{workspace_id!r}; name one workspace (or the same in both)",
+                {
+                    "field": "workspace_id",
+                    "workspace_id": workspace_id,
+                    "x_workspace_id": self.workspace_id,
+                },
             )
+        raise ApiError(
+            "WORKSPACE_ACCESS_DENIED",
+            f"this call is scoped to workspace {self.workspace_id!r}",
+            {"workspace_id": workspace_id},
+        )
 
 
 def presented_token(request: Request) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import time
 import weakref
 from dataclasses import dataclass
@@ -147,8 +148,8 @@ async def send_message(request: Request, principal: Principal) -> Response:
         document = parse_json(body)
     send = parse_send_request(document, now=now, max_size=max_size, raw=body)
     workspace_id = principal.workspace_for(send.workspace_id)
-    if principal.user_id is not None:  # a per-user key or JWT sends as its user
-        send.user_id = principal.user_id
+    if principal.user_id is not None:
+        bind_user(send, principal.user_id)
     idempotency_key = idempotency.key_of(request)
     digest = idempotency.request_hash(document) if idempotency_key else ""
     if idempotency_key:
@@ -204,6 +205,26 @@ async def send_message(request: Request, principal: Principal) -> Response:
     return ok(data, status_code=202)
 
 
+def bind_user(send: SendRequest, user_id: str) -> None:
+    """A per-user key (or JWT) sends as its user, and only as that user.
+
+    ``metadata.user_id`` naming another user is refused, as naming another
+    workspace is (403, the reference's INSUFFICIENT_PERMISSIONS: the key's
+    workspace is right, its rights stop at its user); absent, it is filled in,
+    so the stored message, its user quota and its listing all name the key's user.
+    """
+    named = send.metadata.get("user_id")
+    if named is not None and named != user_id:
+        shown = named[:200] if isinstance(named, str) else named
+        raise ApiError(
+            "INSUFFICIENT_PERMISSIONS",
+            f"this credential sends as user {user_id!r}; metadata.user_id names {shown!r}",
+            {"field": "metadata.user_id", "user_id": user_id},
+        )
+    send.user_id = user_id
+    send.metadata = {**send.metadata, "user_id": user_id}
+
+
 def quota_error(exc: QuotaExceeded, workspace_id: str, now: datetime) -> ApiError:
     """429 QUOTA_EXCEEDED with the details block of reference 6.1."""
     scope = {"global": "the relay", "workspace": f"workspace {workspace_id}"}
@@ -216,7 +237,7 @@ def quota_error(exc: QuotaExceeded, workspace_id: str, now: datetime) -> ApiErro
             "reset_at": iso_utc(exc.reset_at),
             "scope": exc.scope,
         },
-        {"Retry-After": str(max(1, int((exc.reset_at - now).total_seconds())))},
+        {"Retry-After": str(max(1, math.ceil((exc.reset_at - now).total_seconds())))},
     )
 
 
@@ -362,6 +383,21 @@ def _invalid_state(queue_id: str, status: str, action: str, allowed: tuple[str, 
     )
 
 
+def _all_suppressed(queue_id: str, exc: queue.AllSuppressed) -> ApiError:
+    """409: a retry would deliver to nobody, and why, recipient by recipient."""
+    why = "; ".join(f"{address}: {reason}" for address, reason in exc.suppressed)[:1000]
+    return ApiError(
+        "INVALID_STATE",
+        f"Message {queue_id} cannot be retried: every recipient is suppressed ({why}); "
+        "set a recipient's status back to ACTIVE (PUT /api/recipients/{email}) to send to it",
+        {
+            "id": queue_id,
+            "status": exc.status,
+            "suppressed": [{"address": a, "reason": r} for a, r in exc.suppressed[:100]],
+        },
+    )
+
+
 @requires_auth
 async def cancel_message(request: Request, principal: Principal) -> Response:
     """DELETE /api/messages/{id}: cancel a queued or scheduled message."""
@@ -383,6 +419,8 @@ async def retry_message(request: Request, principal: Principal) -> Response:
     queue_id = _message_id(request)
     try:
         result = await service.retry(queue_id, principal.workspace_id)
+    except queue.AllSuppressed as exc:
+        raise _all_suppressed(queue_id, exc) from None
     except queue.InvalidState as exc:
         raise _invalid_state(queue_id, exc.status, "retried", RETRYABLE_STATUSES) from None
     if result is None:

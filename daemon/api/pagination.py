@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
@@ -70,27 +69,44 @@ class Page:
         }
 
     def headers(self, request: Request, total: int) -> dict[str, str]:
-        """X-Total-Count, X-Page-Count, X-Current-Page, X-Per-Page and Link (6.4)."""
-        pages = max(1, math.ceil(total / self.limit))
-        current = self.offset // self.limit + 1
+        """X-Total-Count, X-Page-Count, X-Current-Page, X-Per-Page and Link (6.4).
+
+        When ``offset`` is a multiple of ``limit`` the links name pages, as 6.4 shows
+        (``page=2&per_page=50``). Otherwise the list is cut into pages at ``offset``:
+        the links carry ``offset`` and ``limit`` so that next and last continue
+        from this page and prev (and first) end where it starts, without a row seen
+        twice or missed; the first page then holds the ``offset % limit`` rows before
+        the others, and X-Current-Page and X-Page-Count count pages so cut.
+        """
+        size, offset = self.limit, self.offset
+        head = offset % size  # rows in a first page shorter than the others
+        current = -(-offset // size) + 1  # ceil: the short first page counts
+        pages = max(1, (1 if head else 0) + -(-max(0, total - head) // size))
         headers = {
             "X-Total-Count": str(total),
             "X-Page-Count": str(pages),
             "X-Current-Page": str(current),
-            "X-Per-Page": str(self.limit),
+            "X-Per-Page": str(size),
         }
         kept = [(k, v) for k, v in request.query_params.multi_items() if k not in _PAGING_PARAMS]
 
-        def link(page: int, rel: str) -> str:
-            query = urlencode([*kept, ("page", str(page)), ("per_page", str(self.limit))])
+        def link(params: list[tuple[str, int]], rel: str) -> str:
+            query = urlencode([*kept, *((name, str(value)) for name, value in params)])
             return f'<{request.url.path}?{query}>; rel="{rel}"'
 
+        def at(start: int, rows: int = size) -> list[tuple[str, int]]:
+            if head:
+                return [("offset", start), ("limit", rows)]
+            return [("page", start // size + 1), ("per_page", size)]
+
+        last = head + (total - 1 - head) // size * size if total > head else 0
         links = []
-        if self.offset + self.limit < total:
-            links.append(link(current + 1, "next"))
-        if current > 1:
-            links.append(link(current - 1, "prev"))
-            links.append(link(1, "first"))
-        links.append(link(pages, "last"))
+        if offset + size < total:
+            links.append(link(at(offset + size), "next"))
+        if offset > 0:
+            before = max(0, offset - size)
+            links.append(link(at(before, offset - before), "prev"))
+            links.append(link(at(0, head or size), "first"))
+        links.append(link(at(last, head if head and last == 0 else size), "last"))
         headers["Link"] = ", ".join(links)
         return headers

@@ -5,9 +5,12 @@ limits and the endpoint-specific per-minute limits; past one, 429
 ``RATE_LIMIT_EXCEEDED``. The admin token (and an admin JWT) is exempt: its
 responses report the acting workspace's windows (``X-Workspace-ID``, else
 ``default``) without counting. The headers describe the most constraining
-window, the one with the fewest requests left. A response to an unauthenticated
-request reports the default plan's hourly window, untouched, for workspace
-``anonymous``; a workspace whose plan sets no limit reports ``unlimited``.
+window, the one with the fewest requests left, the burst second included; on a
+429 the full window that opens last, so ``X-RateLimit-Reset-After`` and
+``Retry-After`` say when a request is accepted again (rounded up, never 0). A
+response to an unauthenticated request reports the default plan's hourly window,
+untouched, for workspace ``anonymous``; a workspace whose plan sets no limit
+reports ``unlimited``.
 """
 
 from __future__ import annotations

@@ -6,7 +6,10 @@ than ACTIVE suppresses mail to the address (daemon.core.suppression); setting
 one records ``suppression_reason`` (given, or why it changed) and
 ``suppressed_at``. ``PUT`` merges ``metadata`` as a JSON merge patch (RFC 7396:
 objects merge, null removes a key). The single-recipient routes act in the
-caller's workspace, or the one ``workspace_id`` (query or body) names.
+caller's workspace, or the one ``workspace_id`` (query or body) names. The admin
+naming none finds the address in whichever workspace holds it, as the list
+shows every workspace; an address in several is 400 ``INVALID_REQUEST`` naming
+them, never a guess (a new recipient goes to ``default``).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy.engine import Connection
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -180,7 +184,11 @@ def recipient_detail(row: Any) -> dict[str, Any]:
     }
 
 
-def _not_found(email: str, workspace_id: str) -> ApiError:
+def _not_found(email: str, workspace_id: str | None) -> ApiError:
+    if workspace_id is None:
+        return ApiError(
+            "RECIPIENT_NOT_FOUND", f"no recipient {email} in any workspace", {"email": email}
+        )
     return ApiError(
         "RECIPIENT_NOT_FOUND",
         f"no recipient {email} in workspace {workspace_id}",
@@ -188,15 +196,56 @@ def _not_found(email: str, workspace_id: str) -> ApiError:
     )
 
 
-def _target(request: Request, principal: Principal, body: dict[str, Any] | None = None) -> str:
-    """The workspace a single-recipient call acts in."""
+def _scope(
+    request: Request, principal: Principal, body: dict[str, Any] | None = None
+) -> str | None:
+    """The workspace a call names (query or body) or the caller is scoped to; None: any."""
     requested = workspace_param(request.query_params.get("workspace_id"), "workspace_id")
     if body is not None and body.get("workspace_id") is not None:
         named = workspace_param(body["workspace_id"], "workspace_id")
         if requested is not None and named != requested:
             raise invalid("workspace_id", "workspace_id differs between query and body")
         requested = named
-    return principal.workspace_for(requested)
+    if requested is not None:
+        principal.check_workspace(requested)
+        return requested
+    return principal.workspace_id
+
+
+def _target(request: Request, principal: Principal, body: dict[str, Any] | None = None) -> str:
+    """The workspace a new recipient is added to (the admin naming none: ``default``)."""
+    return _scope(request, principal, body) or principal.acting_workspace
+
+
+def _locate(conn: Connection, workspace_id: str | None, email: str) -> tuple[Any, list[str]]:
+    """(the recipient, []) when there is exactly one; else (None, the workspaces holding it).
+
+    ``workspace_id`` None (the admin naming no workspace) looks in every workspace,
+    as ``GET /api/recipients`` lists every one.
+    """
+    if workspace_id is not None:
+        return audience.get_recipient(conn, workspace_id, email), []
+    rows = audience.find_recipients(conn, email)
+    if len(rows) == 1:
+        return rows[0], []
+    return None, [row.workspace_id for row in rows]
+
+
+def _found(row: Any, holders: list[str], email: str, workspace_id: str | None) -> Any:
+    """The recipient _locate found, or 404, or 400 when the address is in several workspaces.
+
+    Several: acting on one of them would be a guess; the caller names the workspace.
+    """
+    if row is not None:
+        return row
+    if holders:
+        raise ApiError(
+            "INVALID_REQUEST",
+            f"recipient {email} exists in several workspaces ({', '.join(holders)}); "
+            "name one with X-Workspace-ID or workspace_id",
+            {"parameter": "workspace_id", "email": email, "workspace_ids": holders},
+        )
+    raise _not_found(email, workspace_id)
 
 
 def _path_email(request: Request) -> str:
@@ -273,19 +322,17 @@ async def add_recipient(request: Request, principal: Principal) -> Response:
 async def get_recipient(request: Request, principal: Principal) -> Response:
     """GET /api/recipients/{email}."""
     email = _path_email(request)
-    workspace_id = _target(request, principal)
-    row = await service_of(request).reader.run(
-        lambda c: audience.get_recipient(c, workspace_id, email)
-    )
-    if row is None:
-        raise _not_found(email, workspace_id)
-    return ok(recipient_detail(row))
+    workspace_id = _scope(request, principal)
+    row, holders = await service_of(request).reader.run(lambda c: _locate(c, workspace_id, email))
+    return ok(recipient_detail(_found(row, holders, email, workspace_id)))
 
 
-def _update(conn: Any, workspace_id: str, email: str, body: dict[str, Any], now: datetime) -> Any:
-    row = audience.get_recipient(conn, workspace_id, email)
+def _update(
+    conn: Connection, workspace_id: str | None, email: str, body: dict[str, Any], now: datetime
+) -> tuple[Any, list[str]]:
+    row, holders = _locate(conn, workspace_id, email)
     if row is None:
-        return None
+        return None, holders
     values = _common(body)
     status = _status(body)
     reason = string_field(body, "suppression_reason", 1000)
@@ -297,7 +344,7 @@ def _update(conn: Any, workspace_id: str, email: str, body: dict[str, Any], now:
     if metadata is not None:
         values["metadata"] = merge_patch(row.metadata or {}, metadata)
     values["updated_at"] = now
-    return audience.update_recipient(conn, workspace_id, email, values)
+    return audience.update_recipient(conn, row.workspace_id, email, values), []
 
 
 @requires_auth
@@ -306,13 +353,14 @@ async def update_recipient(request: Request, principal: Principal) -> Response:
     service = service_of(request)
     email = _path_email(request)
     body = await _body(request, _PUT_FIELDS)
-    workspace_id = _target(request, principal, body)
+    workspace_id = _scope(request, principal, body)
     _metadata(body)  # validate before touching the database
     _status(body)
     now = service.clock()
-    row = await service.committer.run(lambda c: _update(c, workspace_id, email, body, now))
-    if row is None:
-        raise _not_found(email, workspace_id)
+    found, holders = await service.committer.run(
+        lambda c: _update(c, workspace_id, email, body, now)
+    )
+    row = _found(found, holders, email, workspace_id)
     data = {
         "id": row.id,
         "email": row.email,
@@ -327,12 +375,16 @@ async def update_recipient(request: Request, principal: Principal) -> Response:
 async def delete_recipient(request: Request, principal: Principal) -> Response:
     """DELETE /api/recipients/{email}."""
     email = _path_email(request)
-    workspace_id = _target(request, principal)
-    deleted = await service_of(request).committer.run(
-        lambda c: audience.delete_recipient(c, workspace_id, email)
-    )
-    if not deleted:
-        raise _not_found(email, workspace_id)
+    workspace_id = _scope(request, principal)
+
+    def delete(conn: Connection) -> tuple[Any, list[str]]:
+        row, holders = _locate(conn, workspace_id, email)
+        if row is not None and not audience.delete_recipient(conn, row.workspace_id, email):
+            row = None  # removed meanwhile
+        return row, holders
+
+    row, holders = await service_of(request).committer.run(delete)
+    _found(row, holders, email, workspace_id)
     return ok(message="Recipient removed successfully")
 
 

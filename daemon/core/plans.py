@@ -8,6 +8,7 @@ their numbers from ``custom_limits`` (``requests_per_hour``,
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -134,7 +135,9 @@ def rate_headers(window: WindowUse | None, workspace_id: str, now: datetime) -> 
         "X-RateLimit-Limit": limit,
         "X-RateLimit-Remaining": remaining,
         "X-RateLimit-Reset": str(int(reset.timestamp())),
-        "X-RateLimit-Reset-After": str(max(0, int((reset - now).total_seconds()))),
+        # Rounded up: a caller that waits this long finds the window reset, never a
+        # fraction of a second early (a 429 from the burst second says 1, not 0).
+        "X-RateLimit-Reset-After": str(max(0, math.ceil((reset - now).total_seconds()))),
         "X-RateLimit-Workspace": workspace_id,
     }
 

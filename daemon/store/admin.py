@@ -24,6 +24,7 @@ from daemon.store.models import (
     messages,
     settings,
 )
+from daemon.store.queue import RETRIED_RECIPIENT_STATUSES
 
 BATCH = 500
 RUNTIME_CONFIG_KEY = "config.runtime"
@@ -154,7 +155,8 @@ def retry_batch(conn: Connection, ids: Sequence[str], now: datetime) -> list[str
             message_recipients.update()
             .where(
                 message_recipients.c.message_id.in_(failed),
-                message_recipients.c.status.in_(RETRYABLE_STATUSES),
+                # Suppressed ones too: delivery checks their suppression afresh.
+                message_recipients.c.status.in_(RETRIED_RECIPIENT_STATUSES),
             )
             .values(status="pending", error=None)
         )

@@ -140,6 +140,25 @@ def get_recipient(conn: Connection, workspace_id: str, email: str) -> Any:
     ).first()
 
 
+def find_recipients(conn: Connection, email: str, limit: int = 10) -> list[Any]:
+    """The recipients ``email`` is in any workspace (at most ``limit``), by workspace id.
+
+    Naming every status lets ix_recipients_status_email answer (one probe per
+    status) where the unique (workspace_id, email) index cannot.
+    """
+    return list(
+        conn.execute(
+            sa.select(recipients)
+            .where(
+                recipients.c.status.in_(RECIPIENT_STATUSES),
+                recipients.c.email == normalize(email),
+            )
+            .order_by(recipients.c.workspace_id)
+            .limit(limit)
+        ).all()
+    )
+
+
 def update_recipient(
     conn: Connection, workspace_id: str, email: str, values: Mapping[str, Any]
 ) -> Any:

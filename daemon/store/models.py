@@ -120,7 +120,6 @@ class MessageRecipient(SQLModel, table=True):
     """One envelope recipient of a message, with its RFC 3461 parameters and outcome."""
 
     __tablename__ = "message_recipients"
-    __table_args__ = (sa.Index("ix_message_recipients_address", "address"),)
 
     id: int | None = Field(default=None, primary_key=True)
     message_id: str = Field(
@@ -178,6 +177,8 @@ def utcnow() -> datetime:
 messages = Message.__table__  # type: ignore[attr-defined]
 message_content = MessageContent.__table__  # type: ignore[attr-defined]
 message_recipients = MessageRecipient.__table__  # type: ignore[attr-defined]
+# GET /api/messages?to= matches the address whatever its case (migration 0009).
+sa.Index("ix_message_recipients_address_lower", sa.func.lower(message_recipients.c.address))
 delivery_attempts = DeliveryAttempt.__table__  # type: ignore[attr-defined]
 settings = Setting.__table__  # type: ignore[attr-defined]
 metadata = SQLModel.metadata

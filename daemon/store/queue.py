@@ -25,7 +25,8 @@ from daemon.core.message import (
     Outcome,
     Recipient,
 )
-from daemon.store import counters
+from daemon.core.suppression import SUPPRESSED
+from daemon.store import audience, counters
 from daemon.store.direct import Direct, Prepared
 from daemon.store.models import (
     delivery_attempts,
@@ -457,13 +458,60 @@ def cancel(
     raise InvalidState(status)
 
 
+class AllSuppressed(InvalidState):
+    """A retry that could deliver to nobody: every recipient left is suppressed now."""
+
+    def __init__(self, status: str, suppressed: Sequence[tuple[str, str]]) -> None:
+        super().__init__(status)
+        self.suppressed = tuple(suppressed)  # (address, why)
+
+
+# Recipients a retry sends to again: those not delivered, and the suppressed ones,
+# whose suppression delivery checks afresh (it may have been lifted since).
+RETRIED_RECIPIENT_STATUSES = (*RETRYABLE_STATUSES, SUPPRESSED)
+_UNDELIVERED = ("pending", *RETRIED_RECIPIENT_STATUSES)
+
+
+def _refuse_if_all_suppressed(
+    conn: Connection, message_id: str, workspace_id: str, status: str
+) -> None:
+    """AllSuppressed when every recipient a retry would send to is suppressed now."""
+    addresses = list(
+        conn.execute(
+            sa.select(message_recipients.c.address).where(
+                message_recipients.c.message_id == message_id,
+                message_recipients.c.status.in_(_UNDELIVERED),
+            )
+        ).scalars()
+    )
+    if not addresses:
+        return
+    found = audience.suppressed_addresses(conn, [(workspace_id, a) for a in addresses])
+    reasons = [found.get((workspace_id, audience.normalize(a))) for a in addresses]
+    if all(reason is not None for reason in reasons):
+        raise AllSuppressed(
+            status, [(a, r) for a, r in zip(addresses, reasons, strict=True) if r is not None]
+        )
+
+
 def retry(
     conn: Connection, message_id: str, now: datetime, workspace_id: str | None = None
 ) -> dict[str, Any] | None:
-    """Requeue a failed or auth_error message now; returns its id, status and retry_count."""
+    """Requeue a failed or auth_error message now; returns its id, status and retry_count.
+
+    None: not found; InvalidState: wrong status; AllSuppressed: every recipient it
+    would go to is suppressed (requeued, it would only fail again).
+    """
     cond = [messages.c.id == message_id]
     if workspace_id is not None:
         cond.append(messages.c.workspace_id == workspace_id)
+    current = conn.execute(
+        sa.select(messages.c.status, messages.c.workspace_id).where(*cond)
+    ).first()
+    if current is None:
+        return None
+    if current.status in RETRYABLE_STATUSES:
+        _refuse_if_all_suppressed(conn, message_id, current.workspace_id, current.status)
     row = conn.execute(
         messages.update()
         .where(*cond, messages.c.status.in_(RETRYABLE_STATUSES))
@@ -488,7 +536,7 @@ def retry(
             message_recipients.update()
             .where(
                 message_recipients.c.message_id == message_id,
-                message_recipients.c.status.in_(("failed", "auth_error")),
+                message_recipients.c.status.in_(RETRIED_RECIPIENT_STATUSES),
             )
             .values(status="pending", error=None)
         )
@@ -528,10 +576,12 @@ def _filter_conditions(f: ListFilter) -> list[sa.ColumnElement[bool]]:
             )
         )
     if f.to:
+        # Any envelope recipient (to, cc or bcc), case ignored through the index on
+        # lower(address); the database lowers both sides, so they fold alike.
         cond.append(
             messages.c.id.in_(
                 sa.select(message_recipients.c.message_id).where(
-                    message_recipients.c.address == f.to
+                    sa.func.lower(message_recipients.c.address) == sa.func.lower(f.to)
                 )
             )
         )

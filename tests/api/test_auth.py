@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 
 from tests.api.conftest import TOKEN, assert_envelope, message, send
+from tests.api.tenants import key_headers, make_key, make_workspace
 
 
 async def test_missing_credentials_is_auth_required(anon: httpx.AsyncClient) -> None:
@@ -61,12 +62,49 @@ async def test_workspace_header_scopes_admin_calls(client: httpx.AsyncClient) ->
     )
     assert (await client.get(f"/api/messages/{default_id}")).status_code == 200
 
+    # The admin may act anywhere: a header and a workspace_id that disagree are a bad request.
     other = await client.get("/api/messages?workspace_id=default", headers=acme)
-    assert_envelope(other, 403, "WORKSPACE_ACCESS_DENIED")
+    assert_envelope(other, 400, "INVALID_REQUEST")
     conflicting = await client.post(
         "/api/messages", json=message(workspace_id="default"), headers=acme
     )
-    assert_envelope(conflicting, 403, "WORKSPACE_ACCESS_DENIED")
+    error = assert_envelope(conflicting, 400, "INVALID_REQUEST")
+    assert "'acme'" in error["message"] and "'default'" in error["message"]
+    assert error["details"] == {
+        "field": "workspace_id",
+        "workspace_id": "default",
+        "x_workspace_id": "acme",
+    }
+    agreeing = await client.post("/api/messages", json=message(workspace_id="acme"), headers=acme)
+    assert agreeing.status_code == 202
+
+
+async def test_admin_header_and_body_workspace_disagreeing_is_a_bad_request(
+    client: httpx.AsyncClient,
+) -> None:
+    """400 naming both workspaces for the admin; a workspace key is still denied (403)."""
+    header = {"X-Workspace-ID": "ws-a"}
+    calls = [
+        await client.post("/api/messages", json=message(workspace_id="ws-b"), headers=header),
+        await client.post(
+            "/api/recipients",
+            json={"email": "x@example.org", "workspace_id": "ws-b"},
+            headers=header,
+        ),
+        await client.get("/api/rate-limit?workspace_id=ws-b", headers=header),
+    ]
+    for response in calls:
+        error = assert_envelope(response, 400, "INVALID_REQUEST")
+        assert "'ws-a'" in error["message"] and "'ws-b'" in error["message"], error["message"]
+        assert error["details"]["x_workspace_id"] == "ws-a"
+        assert error["details"]["workspace_id"] == "ws-b"
+    assert (await client.get("/api/messages", params={"workspace_id": "ws-b"})).json()["data"][
+        "pagination"
+    ]["total"] == 0  # nothing was sent
+    await make_workspace(client, "ws-a")
+    key = key_headers((await make_key(client, "ws-a"))["key"])
+    denied = await client.post("/api/messages", json=message(workspace_id="ws-b"), headers=key)
+    assert_envelope(denied, 403, "WORKSPACE_ACCESS_DENIED")
 
 
 async def test_body_workspace_applies_without_header(client: httpx.AsyncClient) -> None:

@@ -87,6 +87,25 @@ async def test_list_shape_and_filters(
     assert await ids("date_to=2000-01-01T00:00:00 00:00") == []  # '+' decoded as a space
 
 
+async def test_to_filter_ignores_case(client: httpx.AsyncClient) -> None:
+    """Any envelope recipient (to, cc, bcc), matched whatever the case, on both databases."""
+    mixed = await send(client, to=["Ann.Lee@Example.ORG"], bcc=["Hidden@Example.net"])
+    other = await send(client, to=["ann.lee@example.org.uk"])
+
+    async def ids(to: str) -> list[str]:
+        result = await client.get("/api/messages", params={"to": to})
+        assert result.status_code == 200, result.text
+        return [m["id"] for m in result.json()["data"]["messages"]]
+
+    assert await ids("Ann.Lee@Example.ORG") == [mixed]
+    assert await ids("ann.lee@example.org") == [mixed]
+    assert await ids("ANN.LEE@EXAMPLE.ORG") == [mixed]
+    assert await ids("hidden@EXAMPLE.NET") == [mixed]
+    assert await ids("ann.lee@example.org.UK") == [other]
+    assert await ids("ann_lee@example.org") == []  # literal, no wildcards
+    assert await ids("%") == []
+
+
 @pytest.mark.parametrize(
     "query",
     [
@@ -165,6 +184,48 @@ async def test_pagination_body_headers_and_links(client: httpx.AsyncClient) -> N
 
     v1 = await client.get("/v1/messages?per_page=4")
     assert links(v1)["next"] == "/v1/messages?page=2&per_page=4"
+
+
+async def test_pagination_from_an_offset_between_pages(client: httpx.AsyncClient) -> None:
+    """?limit=3&offset=2: the links go on from row 2 and back to row 0, no row twice or lost."""
+    newest_first = list(reversed([await send(client, subject=f"n{i}") for i in range(10)]))
+
+    def rows(response: httpx.Response) -> list[str]:
+        return [m["id"] for m in response.json()["data"]["messages"]]
+
+    page = await client.get("/api/messages?status=queued&limit=3&offset=2")
+    assert rows(page) == newest_first[2:5]
+    # Pages cut at offset 2: [0, 2) [2, 5) [5, 8) [8, 10); this is the second of four.
+    assert page.headers["X-Current-Page"] == "2"
+    assert page.headers["X-Page-Count"] == "4"
+    assert page.headers["X-Per-Page"] == "3"
+    rels = links(page)
+    assert rels == {
+        "next": "/api/messages?status=queued&offset=5&limit=3",
+        "prev": "/api/messages?status=queued&offset=0&limit=2",
+        "first": "/api/messages?status=queued&offset=0&limit=2",
+        "last": "/api/messages?status=queued&offset=8&limit=3",
+    }
+    forward: list[str] = []
+    url: str | None = rels["next"]
+    while url:
+        following = await client.get(url)
+        forward += rows(following)
+        last_url, url = url, links(following).get("next")
+    assert last_url == rels["last"]
+    backward = rows(await client.get(rels["prev"]))
+    assert backward + rows(page) + forward == newest_first
+
+    # An aligned offset keeps the page links of reference 6.4.
+    aligned = await client.get("/api/messages?limit=3&offset=3")
+    assert aligned.headers["X-Current-Page"] == "2"
+    assert links(aligned)["next"] == "/api/messages?page=3&per_page=3"
+    assert links(aligned)["last"] == "/api/messages?page=4&per_page=3"
+    # Past the end: no next, and last is the last page of the same cut.
+    beyond = await client.get("/api/messages?limit=4&offset=13")
+    assert rows(beyond) == [] and "next" not in links(beyond)
+    assert links(beyond)["last"] == "/api/messages?offset=9&limit=4"
+    assert links(beyond)["prev"] == "/api/messages?offset=9&limit=4"
 
 
 async def test_detail_shape_with_attempts_and_recipients(

@@ -156,8 +156,9 @@ async def test_hourly_request_limit(client: httpx.AsyncClient) -> None:
     assert refused.headers["X-RateLimit-Reset"] == str(
         int(datetime(2024, 1, 15, 11, tzinfo=UTC).timestamp())
     )
-    assert refused.headers["X-RateLimit-Reset-After"] == "3599"
-    assert int(refused.headers["Retry-After"]) >= 1
+    # 3599.5 s to 11:00, rounded up: waiting that long finds the window reset.
+    assert refused.headers["X-RateLimit-Reset-After"] == "3600"
+    assert refused.headers["Retry-After"] == "3600"
     # The admin token is exempt, and reports the workspace's window.
     admin = await client.get("/api/rate-limit", headers={"X-Workspace-ID": "ws-h"})
     assert admin.status_code == 200
@@ -175,8 +176,66 @@ async def test_burst_limit(client: httpx.AsyncClient) -> None:
 async def test_free_plan_limits(client: httpx.AsyncClient) -> None:
     auth = await keyed(client, "ws-free")
     response = await client.get("/api/messages", headers=auth)
-    assert response.headers["X-RateLimit-Limit"] == "100"  # free: 100 per hour
-    assert response.headers["X-RateLimit-Remaining"] == "99"
+    # Free: 10 a second, 100 an hour; the second has fewer left (9 against 99).
+    assert response.headers["X-RateLimit-Limit"] == "10"
+    assert response.headers["X-RateLimit-Remaining"] == "9"
+    assert response.headers["X-RateLimit-Reset-After"] == "1"
+    limits = (await client.get("/api/admin/workspaces/ws-free")).json()["data"]["limits"]
+    assert limits == {"requests_per_hour": 100, "requests_per_day": 1000, "burst": 10}
+
+
+async def test_headers_follow_the_window_nearest_to_refusing(
+    engine: Engine, db_url: str, make_config: Callable[..., Any]
+) -> None:
+    """Burst and hour each bind in turn; a 429 says when a request is accepted again."""
+    now = [datetime(2024, 1, 15, 10, 0, 0, 500000, tzinfo=UTC)]
+    service = RelayService(make_config(db_url), engine, clock=lambda: now[0])
+    await service.start()
+    try:
+        async with client_for(service, AUTH) as admin:
+            limits = {"requests_per_hour": 15, "burst": 10}
+            auth = await keyed(admin, "ws-n", plan="enterprise", custom_limits=limits)
+
+            def seen(response: httpx.Response) -> tuple[int, str, str, str]:
+                h = response.headers
+                return (
+                    response.status_code,
+                    h["X-RateLimit-Limit"],
+                    h["X-RateLimit-Remaining"],
+                    h["X-RateLimit-Reset-After"],
+                )
+
+            async def get() -> httpx.Response:
+                return await admin.get("/api/rate-limit", headers=auth)
+
+            first = [seen(await get()) for _ in range(10)]
+            # The burst second (10) has fewer left than the hour (15) all along.
+            assert first == [(200, "10", str(9 - i), "1") for i in range(10)]
+            refused = await get()
+            error = assert_envelope(refused, 429, "RATE_LIMIT_EXCEEDED")
+            assert error["details"]["window"] == "burst"
+            assert seen(refused) == (429, "10", "0", "1")  # 0.5 s to the next second: 1, not 0
+            assert refused.headers["Retry-After"] == "1"
+
+            now[0] = datetime(2024, 1, 15, 10, 0, 1, 900000, tzinfo=UTC)
+            # 5 left in the hour against 10 in this second: the hour binds (3598.1 s left).
+            second = [seen(await get()) for _ in range(5)]
+            assert second == [(200, "15", str(4 - i), "3599") for i in range(5)]
+            for _ in range(5):  # refused by the hour, each counting in the burst second
+                response = await get()
+                assert response.json()["error"]["details"]["window"] == "hour"
+                assert seen(response) == (429, "15", "0", "3599")
+                assert response.headers["Retry-After"] == "3599"
+            # The burst second is full too now, but a retry after 1 s would still be refused.
+            both_full = await get()
+            assert both_full.json()["error"]["details"]["window"] == "hour"
+            assert seen(both_full) == (429, "15", "0", "3599")
+            assert both_full.headers["Retry-After"] == "3599"
+            # The admin token is exempt and reports the same window.
+            report = await admin.get("/api/rate-limit", headers={"X-Workspace-ID": "ws-n"})
+            assert seen(report) == (200, "15", "0", "3599")
+    finally:
+        await service.close()
 
 
 async def test_endpoint_limit_counts_exactly_under_concurrency(client: httpx.AsyncClient) -> None:

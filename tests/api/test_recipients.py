@@ -104,10 +104,14 @@ async def test_unknown_recipient_is_404(client: httpx.AsyncClient) -> None:
     await add(client, JOHN, headers=WS)
     # Looked up in another workspace, it does not exist.
     for method in ("GET", "DELETE"):
-        response = await client.request(method, "/api/recipients/john.doe@example.com")
-        assert_envelope(response, 404, "RECIPIENT_NOT_FOUND")
+        response = await client.request(
+            method, "/api/recipients/john.doe@example.com", headers={"X-Workspace-ID": "default"}
+        )
+        error = assert_envelope(response, 404, "RECIPIENT_NOT_FOUND")
+        assert error["details"] == {"email": "john.doe@example.com", "workspace_id": "default"}
     put = await client.put("/api/recipients/nobody@example.com", json={"first_name": "N"})
-    assert_envelope(put, 404, "RECIPIENT_NOT_FOUND")
+    error = assert_envelope(put, 404, "RECIPIENT_NOT_FOUND")
+    assert error["message"] == "no recipient nobody@example.com in any workspace"
     bad = await client.get("/api/recipients/not-an-address")
     assert_envelope(bad, 400, "INVALID_EMAIL_FORMAT")
 
@@ -172,6 +176,39 @@ async def test_delete_removes(client: httpx.AsyncClient) -> None:
     assert_envelope(gone, 404, "RECIPIENT_NOT_FOUND")
 
 
+async def test_the_admin_without_a_workspace_finds_the_address_in_any_one(
+    client: httpx.AsyncClient,
+) -> None:
+    """As the list shows every workspace, so do the single-recipient routes; never a guess."""
+    url = "/api/recipients/john.doe@example.com"
+    await add(client, JOHN, headers=WS)
+    listed = (await client.get("/api/recipients")).json()["data"]["recipients"]
+    assert [(r["email"], r["workspace_id"]) for r in listed] == [("john.doe@example.com", "ws-001")]
+    shown = await client.get(url)
+    assert shown.status_code == 200, shown.text
+    assert shown.json()["data"]["workspace_id"] == "ws-001"
+    updated = await client.put(url, json={"first_name": "Jonathan"})
+    assert updated.status_code == 200, updated.text
+    assert (await client.get(url, headers=WS)).json()["data"]["first_name"] == "Jonathan"
+
+    # In two workspaces: which one is meant is the caller's to say, for reads and writes.
+    await add(client, {"email": "john.doe@example.com"})  # the admin adds to default
+    for method, body in (("GET", None), ("PUT", {"first_name": "X"}), ("DELETE", None)):
+        ambiguous = await client.request(method, url, json=body)
+        error = assert_envelope(ambiguous, 400, "INVALID_REQUEST")
+        assert "X-Workspace-ID" in error["message"]
+        assert error["details"]["workspace_ids"] == ["default", "ws-001"]
+    for workspace, name in (("ws-001", "Jonathan"), ("default", None)):
+        one = await client.get(url, params={"workspace_id": workspace})
+        assert one.json()["data"]["first_name"] == name  # neither was changed
+    removed = await client.delete(url, params={"workspace_id": "default"})
+    assert removed.status_code == 200
+    # One workspace holds it again: found without naming it, and removed from there.
+    assert (await client.delete(url)).status_code == 200
+    assert (await client.get("/api/recipients")).json()["data"]["recipients"] == []
+    assert_envelope(await client.get(url), 404, "RECIPIENT_NOT_FOUND")
+
+
 async def test_list_filters_and_paginates(client: httpx.AsyncClient) -> None:
     for i in range(5):
         await add(client, {"email": f"user{i}@example.com"}, headers=WS)
@@ -202,7 +239,7 @@ async def test_list_filters_and_paginates(client: httpx.AsyncClient) -> None:
     denied = await client.get(
         "/api/recipients?workspace_id=ws-001", headers={"X-Workspace-ID": "ws-002"}
     )
-    assert_envelope(denied, 403, "WORKSPACE_ACCESS_DENIED")
+    assert_envelope(denied, 400, "INVALID_REQUEST")  # the admin's header and query disagree
     bad = await client.get("/api/recipients?status=MAYBE")
     assert_envelope(bad, 400, "INVALID_REQUEST")
 

@@ -9,7 +9,7 @@ from email.message import EmailMessage
 import httpx
 
 from daemon.server import Server
-from tests.api.conftest import message
+from tests.api.conftest import assert_envelope, message
 from tests.api.live import http, live_relay, outbox_recipients, wait_final
 
 __all__ = ["live_relay"]
@@ -49,6 +49,40 @@ async def test_api_mail_to_a_suppressed_recipient_fails_with_the_reason(
     ]
     assert detail["attempts"] == []
     assert outbox_recipients(live_relay, message_id) is None
+
+
+async def test_retrying_mail_every_recipient_of_which_is_suppressed(live_relay: Server) -> None:
+    """Refused with why (one message), or failed again with why (bulk); sent once lifted."""
+    why = "suppressed: recipient is UNSUBSCRIBED (clicked unsubscribe)"
+    async with http(live_relay) as client:
+        await suppress(client, "gone@example.org")
+        message_id = await send(client, ["Gone@Example.org"])
+        first = await wait_final(client, message_id)
+        assert (first["status"], first["error"]) == ("failed", f"Gone@example.org: {why}")
+
+        refused = await client.put(f"/api/messages/{message_id}/retry")
+        error = assert_envelope(refused, 409, "INVALID_STATE")
+        assert "every recipient is suppressed" in error["message"]
+        assert f"Gone@example.org: {why}" in error["message"]
+        assert error["details"]["suppressed"] == [{"address": "Gone@example.org", "reason": why}]
+        unchanged = (await client.get(f"/api/messages/{message_id}")).json()["data"]
+        assert (unchanged["status"], unchanged["retry_count"]) == ("failed", 0)
+
+        # A bulk retry takes it along; delivery says again why, not "no recipients left".
+        bulk = await client.post("/api/admin/queue/retry", json={"status": "failed"})
+        assert bulk.json()["data"]["ids"] == [message_id]
+        again = await wait_final(client, message_id)
+        assert (again["status"], again["error"]) == ("failed", f"Gone@example.org: {why}")
+        assert [r["status"] for r in again["recipients"]] == ["suppressed"]
+
+        # Once the address is active again, a retry delivers to it.
+        lifted = await client.put("/api/recipients/gone@example.org", json={"status": "ACTIVE"})
+        assert lifted.status_code == 200
+        retried = await client.put(f"/api/messages/{message_id}/retry")
+        assert retried.status_code == 200, retried.text
+        done = await wait_final(client, message_id)
+    assert (done["status"], done["error"]) == ("sent", None)
+    assert outbox_recipients(live_relay, message_id) == ["Gone@example.org"]
 
 
 async def test_mixed_recipients_only_active_ones_are_delivered(live_relay: Server) -> None:

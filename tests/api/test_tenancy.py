@@ -217,3 +217,44 @@ async def test_jwt_refused_without_a_secret(
 
 async def test_admin_token_still_works(api: httpx.AsyncClient) -> None:
     assert (await api.get("/api/admin/workspaces", headers=AUTH)).status_code == 200
+
+
+async def test_a_per_user_key_sends_as_its_user_only(
+    client: httpx.AsyncClient, api: httpx.AsyncClient
+) -> None:
+    """The stored message, its listing and the user quota name the key's user, never another."""
+    await make_workspace(client, "ws-u")
+    alice = key_headers((await make_key(client, "ws-u", user_id="alice"))["key"])
+    member = key_headers(token(workspace_id="ws-u", user_id="alice", role="member"))
+    for credential in (alice, member):
+        for claimed in ("mallory", 7):
+            refused = await api.post(
+                "/api/messages", json=message(metadata={"user_id": claimed}), headers=credential
+            )
+            error = assert_envelope(refused, 403, "INSUFFICIENT_PERMISSIONS")
+            assert "'alice'" in error["message"]
+            assert error["details"] == {"field": "metadata.user_id", "user_id": "alice"}
+    same = await api.post(
+        "/api/messages", json=message(metadata={"user_id": "alice", "k": 1}), headers=alice
+    )
+    unnamed = await api.post("/api/messages", json=message(metadata={"k": 2}), headers=alice)
+    bare = await api.post("/api/messages", json=message(), headers=member)
+    ids = [r.json()["data"]["message_id"] for r in (same, unnamed, bare)]
+    listed = (await api.get("/api/messages", headers=alice)).json()["data"]["messages"]
+    assert {m["id"]: m["metadata"] for m in listed} == {
+        ids[0]: {"user_id": "alice", "k": 1},
+        ids[1]: {"k": 2, "user_id": "alice"},
+        ids[2]: {"user_id": "alice"},
+    }
+    for message_id in ids:
+        detail = (await client.get(f"/api/messages/{message_id}")).json()["data"]
+        assert detail["user_id"] == "alice"
+    users = (await client.get("/api/rate-limit?workspace_id=ws-u")).json()["data"]["users"]
+    assert list(users) == ["alice"] and users["alice"]["used"] == 3
+    # A workspace key without a user, like the admin, names whichever user it sends for.
+    shared = key_headers((await make_key(client, "ws-u"))["key"])
+    for_bob = await api.post(
+        "/api/messages", json=message(metadata={"user_id": "bob"}), headers=shared
+    )
+    bob = (await client.get(f"/api/messages/{for_bob.json()['data']['message_id']}")).json()
+    assert bob["data"]["user_id"] == "bob" and bob["data"]["metadata"] == {"user_id": "bob"}

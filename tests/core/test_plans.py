@@ -66,7 +66,7 @@ def test_most_constraining_window_and_headers() -> None:
         "X-RateLimit-Limit": "1000",
         "X-RateLimit-Remaining": "50",
         "X-RateLimit-Reset": str(int(datetime(2024, 1, 16, tzinfo=UTC).timestamp())),
-        "X-RateLimit-Reset-After": str(13 * 3600 + 29 * 60 + 44),
+        "X-RateLimit-Reset-After": str(13 * 3600 + 29 * 60 + 45),  # 44.75 s, rounded up
         "X-RateLimit-Workspace": "ws-001",
     }
     unlimited = plans.rate_headers(None, "ws-001", NOW)

@@ -61,6 +61,11 @@ async def status_of(cli: Cli, message_id: str, wanted: str) -> dict[str, Any]:
     raise AssertionError(f"{message_id} never reached {wanted}: {message['status']}")
 
 
+async def reactivate(cli: Cli, address: str = "gone@example.org") -> None:
+    result = await cli("recipients", "update", address, "--status", "active")
+    assert result.exit_code == 0, result.output
+
+
 async def test_failed_message_shows_its_error_and_can_be_retried(failing_relay: Any) -> None:
     cli = Cli(failing_relay.base_url, failing_relay.admin_token)
     sent = await cli(*SEND)
@@ -76,6 +81,11 @@ async def test_failed_message_shows_its_error_and_can_be_retried(failing_relay: 
     error_line = next(line for line in shown.stdout.splitlines() if line.startswith("error:"))
     assert "550" in error_line
 
+    # The 550 suppressed the recipient: a retry would reach nobody until it is active again.
+    suppressed = await cli("queue", "retry", message_id)
+    assert suppressed.exit_code == 1 and "(INVALID_STATE)" in suppressed.stderr
+    assert "suppressed" in suppressed.stderr
+    await reactivate(cli)
     retried = await cli("--json", "queue", "retry", message_id)
     assert retried.exit_code == 0, retried.output
     data = json.loads(retried.stdout)
@@ -85,6 +95,7 @@ async def test_failed_message_shows_its_error_and_can_be_retried(failing_relay: 
 
     # The upstream still refuses: it fails again, and plain output reports the new state.
     await status_of(cli, message_id, "failed")
+    await reactivate(cli)
     again = await cli("queue", "retry", message_id)
     assert again.exit_code == 0, again.output
     assert again.stdout.split() == [message_id, "queued"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fcntl
 import functools
 import os
@@ -17,7 +18,7 @@ from sqlalchemy.engine import Engine
 
 from daemon.core.ids import message_id
 from daemon.core.message import Attempt, NewMessage, Outcome, Recipient
-from daemon.store import queue
+from daemon.store import audience, queue
 from daemon.store.committer import Committer, writer_lock_path
 from daemon.store.models import delivery_attempts, message_recipients, messages
 
@@ -184,6 +185,42 @@ def test_cancel_and_retry_states(engine: Engine) -> None:
         assert [r.status for r in queue.get_recipients(conn, failed.id)] == ["pending"]
 
 
+def test_retry_sends_to_suppressed_recipients_again_unless_all_still_are(engine: Engine) -> None:
+    failed = new_message(rcpts=2)
+    insert(engine, failed)
+
+    def recipient(conn: sa.Connection, email: str, status: str) -> None:
+        audience.insert_recipient(
+            conn,
+            {"workspace_id": "default", "email": email, "status": status, "metadata": {},
+             "suppression_reason": "test", "created_at": NOW, "updated_at": NOW},
+        )  # fmt: skip
+
+    with engine.begin() as conn:
+        conn.execute(messages.update().where(messages.c.id == failed.id).values(status="failed"))
+        for address, status in (("r0@example.org", "suppressed"), ("r1@example.org", "failed")):
+            conn.execute(
+                message_recipients.update()
+                .where(message_recipients.c.address == address)
+                .values(status=status, error="no")
+            )
+        recipient(conn, "r0@example.org", "UNSUBSCRIBED")
+        recipient(conn, "R1@example.org", "BOUNCED")
+    with engine.begin() as conn, pytest.raises(queue.AllSuppressed) as info:
+        queue.retry(conn, failed.id, NOW)
+    assert info.value.status == "failed"
+    assert info.value.suppressed == (
+        ("r0@example.org", "suppressed: recipient is UNSUBSCRIBED (test)"),
+        ("r1@example.org", "suppressed: recipient is BOUNCED (test)"),
+    )
+    with engine.begin() as conn:
+        assert queue.get_message(conn, failed.id).status == "failed"  # nothing changed
+        audience.update_recipient(conn, "default", "r1@example.org", {"status": "ACTIVE"})
+        assert queue.retry(conn, failed.id, NOW) is not None
+        # Both go to delivery, which checks r0's suppression afresh.
+        assert [r.status for r in queue.get_recipients(conn, failed.id)] == ["pending"] * 2
+
+
 def test_list_filters_and_totals(engine: Engine) -> None:
     a = new_message(workspace_id="ws-a")
     b = new_message(workspace_id="ws-b", rcpts=2)
@@ -199,6 +236,31 @@ def test_list_filters_and_totals(engine: Engine) -> None:
         assert total == 0
         assert queue.pending_depth(conn) == 2
         assert queue.next_due(conn) == NOW
+
+
+def test_to_filter_ignores_case_through_the_lower_address_index(engine: Engine) -> None:
+    mixed = dataclasses.replace(new_message(), recipients=[Recipient("Mixed.Case@Example.ORG")])
+    insert(engine, mixed, new_message())
+    with engine.connect() as conn:
+        for wanted in (
+            "mixed.case@example.org",
+            "MIXED.CASE@EXAMPLE.ORG",
+            "Mixed.Case@Example.ORG",
+        ):
+            rows, total = queue.list_messages(conn, queue.ListFilter(to=wanted), 10, 0)
+            assert ([r.id for r in rows], total) == ([mixed.id], 1), wanted
+        for other in ("mixed.case@example", "%@example.org", "mixed_case@example.org"):
+            assert queue.list_messages(conn, queue.ListFilter(to=other), 10, 0)[1] == 0, other
+        # The subquery reads ix_message_recipients_address_lower, not the whole table.
+        cond = queue._filter_conditions(queue.ListFilter(to="Mixed.Case@Example.ORG"))
+        query = sa.select(sa.func.count()).select_from(messages).where(*cond)
+        sql = str(query.compile(conn, compile_kwargs={"literal_binds": True}))
+        if conn.dialect.name == "sqlite":
+            plan = conn.execute(sa.text("EXPLAIN QUERY PLAN " + sql)).all()
+        else:
+            conn.execute(sa.text("SET LOCAL enable_seqscan = off"))  # a two-row table
+            plan = conn.execute(sa.text("EXPLAIN " + sql)).all()
+        assert "ix_message_recipients_address_lower" in " ".join(str(r[-1]) for r in plan), plan
 
 
 async def test_group_commit_batches_concurrent_writes(engine: Engine) -> None:
