@@ -94,6 +94,7 @@ class Submission:
     tls: bool = False
     authenticated: bool = False
     auth_workspace: str | None = None  # set when the AUTH identity owns a workspace
+    auth_user: str | None = None  # set when it is a per-user key: X-User-ID cannot move it
     dsn_ret: str | None = None
     dsn_envid: str | None = None
 
@@ -310,7 +311,7 @@ def build_message(
         next_attempt_at=now,
         workspace_id=workspace or "default",
         campaign_id=_bounded_id(fields, "x-campaign-id", "X-Campaign-ID"),
-        user_id=_bounded_id(fields, "x-user-id", "X-User-ID"),
+        user_id=sub.auth_user or _bounded_id(fields, "x-user-id", "X-User-ID"),
         source="smtp",
         from_header=_decoded(fields.get("from", ""))[:MAX_DISPLAY],
         to=to,

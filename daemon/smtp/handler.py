@@ -72,10 +72,12 @@ QUEUE_FULL = "452 4.3.1 Queue is full, try again later"
 
 @dataclass(frozen=True)
 class SmtpIdentity:
-    """Who authenticated: the AUTH username and, when the credential owns one, its workspace."""
+    """Who authenticated: the AUTH username and, when the credential owns them, its workspace
+    and (a per-user key) its user."""
 
     username: str
     workspace_id: str | None = None
+    user_id: str | None = None
 
 
 def peer_ip(session: Session) -> str:
@@ -136,7 +138,7 @@ class RelayHandler:
             if key is not None and hmac.compare_digest(
                 key.workspace_id.encode(), credentials.login
             ):
-                identity = SmtpIdentity(username=username, workspace_id=key.workspace_id)
+                identity = SmtpIdentity(username, key.workspace_id, key.user_id)
         ip = peer_ip(session)
         if identity is None:
             log.warning("auth failed user=%r mechanism=%s peer=%s", username, mechanism, ip)
@@ -240,6 +242,7 @@ class RelayHandler:
             tls=server.tls_active,
             authenticated=bool(session.authenticated),
             auth_workspace=identity.workspace_id if identity else None,
+            auth_user=identity.user_id if identity else None,
             dsn_ret=envelope.dsn_ret,
             dsn_envid=envelope.dsn_envid,
         )

@@ -37,7 +37,9 @@ async def workspace_key(relay: SmtpRelay, workspace_id: str, **settings: Any) ->
     return data
 
 
-def submit(relay: SmtpRelay, username: str, password: str, count: int = 1) -> list[Any]:
+def submit(
+    relay: SmtpRelay, username: str, password: str, count: int = 1, mail: bytes = MAIL
+) -> list[Any]:
     """Log in over STARTTLS and send ``count`` messages; each outcome or SMTP error."""
     outcomes: list[Any] = []
     with relay.smtp() as client:
@@ -45,7 +47,7 @@ def submit(relay: SmtpRelay, username: str, password: str, count: int = 1) -> li
         client.login(username, password)
         for _ in range(count):
             try:
-                client.sendmail("a@example.com", ["b@example.org"], MAIL)
+                client.sendmail("a@example.com", ["b@example.org"], mail)
                 outcomes.append("ok")
             except smtplib.SMTPRecipientsRefused as exc:
                 outcomes.append(exc.recipients["b@example.org"])
@@ -63,6 +65,26 @@ async def test_workspace_key_owns_the_mail(start_relay: StartRelay) -> None:
         rows = conn.exec_driver_sql("SELECT workspace_id FROM messages").all()
     # X-Workspace-ID: ws-b in the message does not move it out of the key's workspace.
     assert [r[0] for r in rows] == ["ws-a"]
+
+
+@pytest.mark.usefixtures("clear_of_midnight")
+async def test_per_user_key_owns_the_user_and_its_quota(start_relay: StartRelay) -> None:
+    relay = await start_relay(smtp={"require_auth": True})
+    await workspace_key(relay, "ws-u", quotas={"user_daily": 1})
+    key = await admin_call(
+        relay, "POST", "/api/admin/keys", json={"workspace_id": "ws-u", "user_id": "alice"}
+    )
+    outcomes = [
+        await in_thread(
+            submit, relay, "ws-u", key["key"], 1, MAIL.replace(b"ws-b", b"ws-u\r\n" + header)
+        )
+        for header in (b"X-User-ID: mallory", b"X-User-ID: trudy")
+    ]
+    assert outcomes == [["ok"], [(452, b"4.5.3 Daily sending quota exceeded, try again later")]]
+    with relay.engine.connect() as conn:
+        rows = conn.exec_driver_sql("SELECT workspace_id, user_id FROM messages").all()
+    # X-User-ID neither moves the mail to another user nor escapes alice's quota.
+    assert [tuple(r) for r in rows] == [("ws-u", "alice")]
 
 
 @pytest.mark.parametrize("username", ["ws-other", "ws-a "])
