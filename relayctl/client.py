@@ -34,13 +34,15 @@ from relayctl.errors import (
     ApiError,
     AuthError,
     ConfigurationError,
+    EndpointNotFoundError,
+    InvalidRequestError,
     NotFoundError,
     RelayError,
     UnreachableError,
     error_for_status,
 )
 from relayctl.maylng import MaylngEndpoints
-from relayctl.settings import resolve_token, resolve_url
+from relayctl.settings import TokenFileError, redact_url, resolve_token, resolve_url
 
 __all__ = [
     "ApiError",
@@ -48,6 +50,8 @@ __all__ = [
     "AuthError",
     "Client",
     "ConfigurationError",
+    "EndpointNotFoundError",
+    "InvalidRequestError",
     "NotFoundError",
     "RelayError",
     "SendResult",
@@ -109,17 +113,20 @@ def check_base_url(url: str) -> None:
         valid = False
     if not valid:
         raise ConfigurationError(
-            "INVALID_URL", f"invalid relayd URL {url!r}: expected http(s)://host:port"
+            "INVALID_URL", f"invalid relayd URL {redact_url(url)!r}: expected http(s)://host:port"
         )
 
 
 class Client(Endpoints, MaylngEndpoints):
     """A synchronous client of one relayd.
 
-    ``api_key`` defaults to ``RELAY_TOKEN``, then to the admin token file a daemon on this
-    host wrote (``$RELAY_DATA_DIR/admin.token``, ``./relay-data/admin.token``); ``base_url``
-    defaults to ``RELAY_URL``, then ``http://127.0.0.1:8080``. ``transport`` replaces the
-    network (``httpx.MockTransport`` in tests). Every failure raises a :class:`RelayError`.
+    ``api_key`` defaults to ``RELAY_TOKEN``, then, for a loopback ``base_url`` only, to the
+    admin token file a daemon on this host wrote (``$RELAY_DATA_DIR/admin.token``,
+    ``./relay-data/admin.token``); ``base_url``
+    defaults to ``RELAY_URL``, then ``http://127.0.0.1:8080``. With ``discover=False`` the
+    client uses only what it is given: no ``RELAY_URL``, ``RELAY_TOKEN`` or token file (the
+    caller resolved them). ``transport`` replaces the network (``httpx.MockTransport`` in
+    tests). Every failure raises a :class:`RelayError`; a password in the URL is never shown.
     """
 
     def __init__(
@@ -130,12 +137,22 @@ class Client(Endpoints, MaylngEndpoints):
         *,
         transport: httpx.BaseTransport | None = None,
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        discover: bool = True,
     ) -> None:
-        self.base_url = resolve_url(base_url)
+        if discover:
+            self.base_url = resolve_url(base_url)
+        else:
+            self.base_url = (base_url or "").rstrip("/")
         check_base_url(self.base_url)
         self.workspace_id = workspace_id
         headers = {"User-Agent": f"relayctl/{__version__}", "Accept": "application/json"}
-        token = resolve_token(api_key)
+        if discover:
+            try:
+                token = resolve_token(api_key, url=self.base_url)
+            except TokenFileError as exc:
+                raise ConfigurationError("INVALID_TOKEN_FILE", str(exc)) from None
+        else:
+            token = api_key.strip() if api_key and api_key.strip() else None
         if token:
             if not _header_safe(token):
                 # Never echo the token: it is a secret even when malformed.
@@ -155,6 +172,11 @@ class Client(Endpoints, MaylngEndpoints):
         self._http = httpx.Client(
             base_url=self.base_url, headers=headers, transport=transport, timeout=timeout
         )
+
+    @property
+    def display_url(self) -> str:
+        """The base URL as messages show it (a password in it masked)."""
+        return redact_url(self.base_url)
 
     def __enter__(self) -> Client:
         return self
@@ -323,7 +345,7 @@ class Client(Endpoints, MaylngEndpoints):
                 raise ApiError(
                     "INVALID_RESPONSE",
                     f"{method} {path} got HTTP {response.status_code} without the API's JSON "
-                    f"envelope (is {self.base_url} a relayd?)",
+                    f"envelope (is {self.display_url} a relayd?)",
                     response.status_code,
                 )
             return payload
@@ -353,8 +375,9 @@ def _response_error(response: httpx.Response, payload: Any) -> RelayError:
             request_id if isinstance(request_id, str) else None,
         )
     if isinstance(error, str):  # the Maylng dialect: {"error": "..."}
-        return error_for_status(status, f"HTTP_{status}", error, None, None)
-    return error_for_status(status, f"HTTP_{status}", response.reason_phrase or "error", None, None)
+        return error_for_status(status, f"HTTP_{status}", error, None, None, dialect="maylng")
+    reason = response.reason_phrase or "error"
+    return error_for_status(status, f"HTTP_{status}", reason, None, None, dialect=None)
 
 
 def _transport_reason(exc: httpx.TransportError) -> str:

@@ -7,8 +7,10 @@ stable, documented shape for scripts.
 
 from __future__ import annotations
 
+import errno
 import json
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from rich import box
@@ -43,6 +45,18 @@ def cell(value: Any) -> str:
     return " ".join(str(value).split())
 
 
+def encodable(text: str, stream: Any) -> bool:
+    """Whether ``stream`` (a text file) can write ``text`` without replacing characters."""
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    try:
+        text.encode(encoding)
+    except UnicodeEncodeError:
+        return False
+    except LookupError:  # an encoding Python does not know: let the stream decide
+        return True
+    return True
+
+
 def plain_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """Columns aligned with two spaces, header first, no trailing blanks."""
     widths = [len(name) for name in columns]
@@ -55,6 +69,57 @@ def plain_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+class OutputError(OSError):
+    """Writing relayctl's own output (stdout or stderr) failed: a closed pipe, a full disk.
+
+    Raised by :class:`GuardedStream`, so the entry point can tell a failed write of the
+    output from any other OSError.
+    """
+
+
+class GuardedStream:
+    """A text stream whose failed writes raise :class:`OutputError` (same errno, same reason).
+
+    Everything else (``isatty``, ``encoding``, ``fileno``, ``buffer``...) is the wrapped
+    stream's, so rich and Click use it like the stream itself.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            written: int = self._stream.write(text)
+        except OSError as exc:
+            raise OutputError(exc.errno, exc.strerror) from exc
+        return written
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError as exc:
+            raise OutputError(exc.errno, exc.strerror) from exc
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+class PipeConsole(Console):
+    """A rich Console that lets a closed pipe surface as BrokenPipeError.
+
+    rich's default exits 1 on its own; relayctl's entry point handles a closed stdout the
+    same way wherever the write happened (relayctl.main).
+    """
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+
 class Output:
     """Where a command writes its results; ``json_mode`` selects JSON over text."""
 
@@ -65,8 +130,8 @@ class Output:
         err_console: Console | None = None,
     ) -> None:
         self.json_mode = json_mode
-        self.console = console or Console(highlight=False)
-        self.err_console = err_console or Console(stderr=True, highlight=False)
+        self.console = console or PipeConsole(highlight=False)
+        self.err_console = err_console or PipeConsole(stderr=True, highlight=False)
 
     @property
     def rich(self) -> bool:
@@ -74,8 +139,16 @@ class Output:
         return self.console.is_terminal
 
     def json(self, data: Any) -> None:
-        """Write ``data`` as indented JSON (keys in the API's order)."""
-        self.console.file.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+        """Write ``data`` as indented JSON (keys in the API's order).
+
+        Text stays readable (``"é"``) unless stdout's encoding cannot carry it
+        (``PYTHONIOENCODING=ascii``, a C locale): then it is escaped (``"\\u00e9"``), which
+        is the same JSON, rather than replaced.
+        """
+        text = json.dumps(data, indent=2, ensure_ascii=False)
+        if not encodable(text, self.console.file):
+            text = json.dumps(data, indent=2, ensure_ascii=True)
+        self.console.file.write(text + "\n")
         self.console.file.flush()
 
     def line(self, text: str, style: str | None = None) -> None:

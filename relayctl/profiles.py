@@ -14,6 +14,7 @@ It holds tokens, so it is written atomically and readable by its owner only.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tomllib
 from collections.abc import Mapping
@@ -27,7 +28,15 @@ FIELDS = ("url", "token", "workspace")
 
 
 class ProfileError(Exception):
-    """The profile file is unreadable or a profile does not exist."""
+    """The profile file is unusable or a profile does not exist."""
+
+
+class ProfileFileError(ProfileError):
+    """The profile file cannot be read or written, or is not a valid profile file."""
+
+
+class ProfileNotFoundError(ProfileError):
+    """No profile of that name."""
 
 
 @dataclass(frozen=True)
@@ -56,25 +65,40 @@ class ProfileStore:
     def load(self) -> dict[str, Any]:
         """The whole document (empty when the file does not exist)."""
         try:
-            with self.path.open("rb") as fh:
-                document = tomllib.load(fh)
+            data = self.path.read_bytes()
         except FileNotFoundError:
             return {}
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ProfileError(f"cannot read {self.path}: {exc}") from None
+        except OSError as exc:
+            raise ProfileFileError(f"cannot read {self.path}: {_reason(exc)}") from None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ProfileFileError(
+                f"cannot read {self.path}: not UTF-8 text (byte {exc.start})"
+            ) from None
+        try:
+            document = tomllib.loads(text)
+        except (ValueError, RecursionError) as exc:  # TOMLDecodeError, a 5000-digit integer...
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise ProfileFileError(f"cannot read {self.path}: invalid TOML: {reason}") from None
         if not isinstance(document.get("profiles", {}), dict):
-            raise ProfileError(f"{self.path}: [profiles] must be a table")
+            raise ProfileFileError(f"{self.path}: [profiles] must be a table")
         return document
 
     def save(self, document: Mapping[str, Any]) -> None:
-        """Write atomically with mode 0600 (the file holds tokens)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        """Write atomically with mode 0600 (the file holds tokens); ProfileFileError if not."""
         temp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            tomli_w.dump(dict(document), fh)
-        os.chmod(temp, 0o600)
-        os.replace(temp, self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                tomli_w.dump(dict(document), fh)
+            os.chmod(temp, 0o600)
+            os.replace(temp, self.path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            raise ProfileFileError(f"cannot write {self.path}: {_reason(exc)}") from None
 
     def profiles(self) -> dict[str, Profile]:
         """Every stored profile by name; a field that is not a string is a ProfileError."""
@@ -85,7 +109,7 @@ class ProfileStore:
                 continue
             for key in FIELDS:
                 if not isinstance(fields.get(key, ""), str):
-                    raise ProfileError(f"{self.path}: profiles.{name}.{key} must be a string")
+                    raise ProfileFileError(f"{self.path}: profiles.{name}.{key} must be a string")
             found[name] = Profile(name, **{k: v for k, v in fields.items() if k in FIELDS})
         return found
 
@@ -95,10 +119,12 @@ class ProfileStore:
         return value if isinstance(value, str) else None
 
     def get(self, name: str) -> Profile:
-        """One profile; ProfileError when absent."""
+        """One profile; ProfileNotFoundError when absent."""
         found = self.profiles().get(name)
         if found is None:
-            raise ProfileError(f"no profile {name!r} in {self.path} (see: relayctl profile ls)")
+            raise ProfileNotFoundError(
+                f"no profile {name!r} in {self.path} (see: relayctl profile ls)"
+            )
         return found
 
     def add(self, profile: Profile, make_current: bool = False) -> None:
@@ -127,12 +153,6 @@ class ProfileStore:
         self.save(document)
 
 
-def active_profile(explicit: str | None, store: ProfileStore | None = None) -> Profile | None:
-    """The profile named by ``--profile``, else the current one, else None."""
-    store = store or ProfileStore()
-    if explicit:
-        return store.get(explicit)
-    name = store.current()
-    if name is None:
-        return None
-    return store.profiles().get(name)
+def _reason(exc: OSError) -> str:
+    """An OSError's reason without the path the message names already."""
+    return exc.strerror or str(exc)

@@ -1,7 +1,13 @@
-"""``relayctl profile``: named daemons and tokens in ~/.config/relayctl/config.toml."""
+"""``relayctl profile``: named daemons and tokens in ~/.config/relayctl/config.toml.
+
+A profile file that cannot be read or written (not UTF-8, not TOML, a field that is not a
+string, a directory in the way) is exit 2 from every subcommand; an unknown name is exit 3.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 import typer
@@ -9,7 +15,8 @@ import typer
 from relayctl.client import check_base_url
 from relayctl.context import ExitCode, current, exit_with
 from relayctl.errors import RelayError
-from relayctl.profiles import Profile, ProfileError, ProfileStore
+from relayctl.profiles import Profile, ProfileError, ProfileNotFoundError, ProfileStore
+from relayctl.settings import redact_url
 
 app = typer.Typer(
     name="profile", help="Connection profiles (url, token, workspace).", no_args_is_help=True
@@ -21,6 +28,17 @@ Name = Annotated[str, typer.Argument(help="Profile name.")]
 
 def _store() -> ProfileStore:
     return ProfileStore()
+
+
+@contextmanager
+def _profile_errors() -> Iterator[None]:
+    """A profile error inside the block becomes one line: 3 for an unknown name, else 2."""
+    try:
+        yield
+    except ProfileNotFoundError as exc:
+        exit_with(f"relayctl: {exc}", ExitCode.NOT_FOUND)
+    except ProfileError as exc:
+        exit_with(f"relayctl: {exc}", ExitCode.USAGE)
 
 
 @app.command("add")
@@ -43,10 +61,8 @@ def add(
         except RelayError as exc:
             exit_with(f"relayctl: --url: {exc.message}", ExitCode.USAGE)
     store = _store()
-    try:
+    with _profile_errors():
         store.add(Profile(name, url, token, workspace), make_current=use)
-    except (ProfileError, OSError) as exc:
-        exit_with(f"relayctl: {exc}", ExitCode.FAILED)
     typer.echo(f"profile {name} saved in {store.path}")
 
 
@@ -55,16 +71,14 @@ def list_profiles(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
     """List profiles (tokens masked). With --json: {"current", "profiles": {name: {...}}}."""
     out = current(ctx).output(json_flag)
     store = _store()
-    try:
+    with _profile_errors():
         profiles, selected = store.profiles(), store.current()
-    except ProfileError as exc:
-        exit_with(f"relayctl: {exc}", ExitCode.USAGE)
     if out.json_mode:
         out.json(
             {
                 "current": selected,
                 "profiles": {
-                    n: {"url": p.url, "workspace": p.workspace, "has_token": bool(p.token)}
+                    n: {"url": _shown(p.url), "workspace": p.workspace, "has_token": bool(p.token)}
                     for n, p in profiles.items()
                 },
             }
@@ -73,7 +87,13 @@ def list_profiles(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
     out.table(
         ("CURRENT", "NAME", "URL", "WORKSPACE", "TOKEN"),
         [
-            ("*" if n == selected else "", n, p.url, p.workspace, "set" if p.token else None)
+            (
+                "*" if n == selected else "",
+                n,
+                _shown(p.url),
+                p.workspace,
+                "set" if p.token else None,
+            )
             for n, p in sorted(profiles.items())
         ],
         status_column=None,
@@ -83,18 +103,19 @@ def list_profiles(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
 @app.command("use")
 def use(name: Name) -> None:
     """Make a profile the current one."""
-    try:
+    with _profile_errors():
         _store().use(name)
-    except ProfileError as exc:
-        exit_with(f"relayctl: {exc}", ExitCode.NOT_FOUND)
     typer.echo(f"using profile {name}")
 
 
 @app.command("rm")
 def remove(name: Name) -> None:
     """Delete a profile."""
-    try:
+    with _profile_errors():
         _store().remove(name)
-    except ProfileError as exc:
-        exit_with(f"relayctl: {exc}", ExitCode.NOT_FOUND)
     typer.echo(f"profile {name} removed")
+
+
+def _shown(url: str | None) -> str | None:
+    """A profile's URL as listed: like its token, a password in it is not shown."""
+    return redact_url(url) if url else url

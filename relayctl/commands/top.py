@@ -4,6 +4,9 @@ The screen shows the SSE stream of ``GET /api/stats/realtime`` (rate, queue dept
 active processors, with a short history) and, refreshed every ``--interval``,
 per-provider health and queue counts from ``GET /api/stats``. Without a terminal,
 or with ``--json``, it prints one line per event instead.
+
+The stream lasts as long as relayd runs: when it ends (relayd stopped, or the connection
+dropped) before ``--iterations`` events, ``top`` exits 5 like any command that loses relayd.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from rich.text import Text
 from relayctl.client import Client
 from relayctl.commands.stats import provider_rows
 from relayctl.context import current
-from relayctl.errors import RelayError
+from relayctl.errors import RelayError, UnreachableError
 from relayctl.output import STATUS_STYLES
 
 BARS = " ▁▂▃▄▅▆▇█"
@@ -116,6 +119,11 @@ def _health(status: str) -> str:
     )
 
 
+def stream_ended(client: Client) -> UnreachableError:
+    """The error for a stream relayd ended: it stopped (or a proxy cut the connection)."""
+    return UnreachableError(client.base_url, "the event stream ended (relayd stopped?)")
+
+
 def _stream(client: Client, events: queue.Queue[Any]) -> None:
     try:
         for _, data in client.events():
@@ -155,7 +163,7 @@ def top(
                 out.console.file.flush()
                 if iterations and seen >= iterations:
                     return
-            return
+            raise stream_ended(client)
         run_screen(client, out.console, interval, iterations)
 
 
@@ -171,7 +179,7 @@ def run_screen(client: Client, console: Any, interval: float, iterations: int) -
     with (
         keys_pressed() as keys,
         Live(
-            screen(client.base_url, metrics, history, stats),
+            screen(client.display_url, metrics, history, stats),
             console=console,
             screen=True,
             auto_refresh=False,
@@ -186,7 +194,7 @@ def run_screen(client: Client, console: Any, interval: float, iterations: int) -
                 except queue.Empty:
                     item = {}
                 if item is None:
-                    return
+                    raise stream_ended(client)
                 if isinstance(item, RelayError):
                     raise item
                 if isinstance(item, Exception):
@@ -198,7 +206,7 @@ def run_screen(client: Client, console: Any, interval: float, iterations: int) -
                     seen += 1
                 if time.monotonic() - refreshed >= interval:
                     stats, refreshed = client.stats(), time.monotonic()
-                live.update(screen(client.base_url, metrics, history, stats), refresh=True)
+                live.update(screen(client.display_url, metrics, history, stats), refresh=True)
                 if iterations and seen >= iterations:
                     return
         except KeyboardInterrupt:

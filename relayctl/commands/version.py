@@ -30,4 +30,4 @@ def version(ctx: typer.Context, json_flag: JsonFlag = False) -> None:
     daemon_version = health.get("version") or "unknown"
     status = health.get("status")
     suffix = f" ({status})" if status else ""
-    out.line(f"relayd {daemon_version} at {client.base_url}{suffix}")
+    out.line(f"relayd {daemon_version} at {client.display_url}{suffix}")

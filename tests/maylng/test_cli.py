@@ -58,7 +58,7 @@ async def test_the_admin_token_without_an_account_says_which_flag_names_it(
     cli: Cli, command: tuple[str, ...]
 ) -> None:
     result = await cli(*command)
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert len(result.stderr.splitlines()) == 1
     assert result.stderr.rstrip().endswith("(in relayctl: --account, or the global --workspace)")
 

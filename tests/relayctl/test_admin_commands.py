@@ -46,7 +46,7 @@ async def test_config_set_live_then_restart_bound(cli: Cli, relay: Any) -> None:
     assert relay.service.config.queue.batch_size == 50
 
     bad = await cli("config", "set", "queue.batch_size", "0")
-    assert bad.exit_code == 1
+    assert bad.exit_code == 2  # relayd refused the input as invalid: a usage error
     assert bad.stderr.startswith("relayctl: config set queue.batch_size failed: queue.batch_size")
     assert bad.stderr.rstrip().endswith("(INVALID_REQUEST)")
 

@@ -96,10 +96,10 @@ async def test_usage_errors(cli: Cli) -> None:
     both = await cli("queue", "cancel", "msg-x", "--status", "queued")
     assert both.exit_code == 2
     bad = await cli("queue", "retry", "--status", "sent")
-    assert bad.exit_code == 1
+    assert bad.exit_code == 2  # INVALID_REQUEST from relayd is a usage error
     assert "(INVALID_REQUEST)" in bad.stderr and "not sent" in bad.stderr
     age = await cli("queue", "retry", "--older-than", "soonish")
-    assert age.exit_code == 1 and "older_than" in age.stderr
+    assert age.exit_code == 2 and "older_than" in age.stderr
 
 
 def test_partial_success_exits_6(capsys: pytest.CaptureFixture[str]) -> None:

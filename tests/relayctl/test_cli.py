@@ -211,7 +211,7 @@ async def test_usage_errors_exit_2(cli: Cli) -> None:
 
 async def test_refused_send_names_the_field(cli: Cli) -> None:
     result = await cli("send", "--from", "not-an-address", "--to", "b@example.org", "--text", "x")
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # relayd refused the input as invalid: a usage error
     line = one_line(result)
     assert line.startswith("relayctl: send failed: from:")
     assert line.endswith("(INVALID_EMAIL_FORMAT)")

@@ -14,6 +14,10 @@ from relayctl.errors import (
     ApiError,
     AuthError,
     ConfigurationError,
+    EndpointNotFoundError,
+    InvalidRequestError,
+    NotFoundError,
+    RelayError,
     UnreachableError,
 )
 
@@ -121,3 +125,84 @@ def test_header_values_httpx_cannot_send_are_a_configuration_error(
     with pytest.raises(ConfigurationError) as caught:
         Client(api_key=token, workspace_id=workspace, base_url="http://relay.test")
     assert caught.value.code == code
+
+
+def envelope(code: str) -> dict[str, object]:
+    return {"success": False, "error": {"code": code, "message": code.lower(), "details": {}}}
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        # A missing resource: relayd's *_NOT_FOUND codes and the Maylng "... not found".
+        (404, envelope("MESSAGE_NOT_FOUND"), NotFoundError),
+        (404, envelope("WORKSPACE_NOT_FOUND"), NotFoundError),
+        (404, {"error": "account not found"}, NotFoundError),
+        # A missing endpoint: relayd's own 404 for a route, or a 404 that is not relayd's.
+        (404, envelope("ROUTE_NOT_FOUND"), EndpointNotFoundError),
+        (404, {"error": "No such endpoint"}, EndpointNotFoundError),
+        (404, "<h1>Not Found</h1>", EndpointNotFoundError),
+        (404, {"detail": "Not Found"}, EndpointNotFoundError),
+        # Input refused as invalid.
+        (400, envelope("INVALID_REQUEST"), InvalidRequestError),
+        (400, envelope("MISSING_REQUIRED_FIELD"), InvalidRequestError),
+        (400, envelope("INVALID_EMAIL_FORMAT"), InvalidRequestError),
+        (413, envelope("MESSAGE_TOO_LARGE"), InvalidRequestError),
+        (400, {"error": "expires_at must be an ISO 8601 date-time"}, InvalidRequestError),
+        # The daemon's state, limits and failures are not the input's fault.
+        (409, envelope("INVALID_STATE"), ApiError),
+        (422, envelope("IDEMPOTENCY_KEY_REUSED"), ApiError),
+        (429, envelope("RATE_LIMIT_EXCEEDED"), ApiError),
+        (503, envelope("MAINTENANCE_MODE"), ApiError),
+        (400, "<h1>Bad Request</h1>", ApiError),
+    ],
+)
+def test_error_classes(status: int, body: object, expected: type[RelayError]) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if isinstance(body, str):
+            return httpx.Response(status, text=body)
+        return httpx.Response(status, json=body)
+
+    with client_for(httpx.MockTransport(handler)) as client, pytest.raises(RelayError) as caught:
+        client.list_messages()
+    assert type(caught.value) is expected
+    assert caught.value.status == status
+
+
+def test_messages_never_show_a_password_in_the_url() -> None:
+    url = "http://ops:s3cret@relay.test:8080"
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    transport = httpx.MockTransport(handler)
+    with Client("t", None, url, transport=transport) as client:
+        assert client.display_url == "http://ops:***@relay.test:8080"
+        with pytest.raises(UnreachableError) as caught:
+            client.health()
+    assert "s3cret" not in caught.value.message
+    assert caught.value.message.startswith("cannot reach relayd at http://ops:***@relay.test:8080")
+    html = httpx.MockTransport(lambda request: httpx.Response(200, text="hello"))
+    with Client("t", None, url, transport=html) as client, pytest.raises(ApiError) as invalid:
+        client.get_message("msg-1")
+    assert "s3cret" not in invalid.value.message
+
+
+def test_without_discovery_only_what_is_given_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RELAY_URL", "http://env.test:1")
+    monkeypatch.setenv("RELAY_TOKEN", "env-token")
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"status": "healthy"})
+
+    transport = httpx.MockTransport(handler)
+    with Client(None, None, "http://given.test:2", transport=transport, discover=False) as c:
+        c.health()
+    assert seen[0].url.host == "given.test"
+    assert "Authorization" not in seen[0].headers
+    with Client(transport=transport) as c:  # the library default still reads the environment
+        c.health()
+    assert seen[1].url.host == "env.test"
+    assert seen[1].headers["Authorization"] == "Bearer env-token"

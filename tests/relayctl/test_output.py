@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 
+import pytest
 from rich.console import Console
 
-from relayctl.output import Output, cell, plain_table
+from relayctl.output import GuardedStream, Output, OutputError, cell, plain_table
 
 
 def outputs(terminal: bool, json_mode: bool = False) -> tuple[Output, io.StringIO]:
@@ -69,3 +71,28 @@ def test_notes_only_reach_a_terminal() -> None:
     tty, _ = outputs(terminal=True)
     tty.note("1-1 of 1")
     assert "1-1 of 1" in tty.err_console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def test_json_escapes_what_the_stream_cannot_carry() -> None:
+    raw = io.BytesIO()
+    ascii_out = io.TextIOWrapper(raw, encoding="ascii", errors="strict")
+    out = Output(json_mode=True, console=Console(file=ascii_out), err_console=Console())
+    out.json({"subject": "Résumé"})
+    assert raw.getvalue() == b'{\n  "subject": "R\\u00e9sum\\u00e9"\n}\n'
+    utf8_buffer = io.StringIO()
+    readable = Output(json_mode=True, console=Console(file=utf8_buffer), err_console=Console())
+    readable.json({"subject": "Résumé"})
+    assert utf8_buffer.getvalue() == '{\n  "subject": "Résumé"\n}\n'
+
+
+class FullDisk(io.StringIO):
+    def write(self, text: str) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_guarded_stream_marks_failed_writes_as_output_errors() -> None:
+    stream = GuardedStream(FullDisk())
+    with pytest.raises(OutputError) as caught:
+        stream.write("x")
+    assert (caught.value.errno, caught.value.strerror) == (errno.ENOSPC, "No space left on device")
+    assert stream.isatty() is False  # everything else is the stream's

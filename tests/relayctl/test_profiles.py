@@ -9,6 +9,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.relayctl.conftest import run
 
 
@@ -96,3 +98,100 @@ def test_unreadable_profile_file_is_a_usage_error() -> None:
     result = run(["queue", "ls"])
     assert result.exit_code == 2
     assert result.stderr.startswith(f"relayctl: cannot read {path}")
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b'current = "\xff"\n', "not UTF-8 text (byte 11)"),
+        (b"a = " + b"[" * 100_000, "invalid TOML: "),
+        (b"a = 1" + b"0" * 5000, "invalid TOML: "),
+        (b"current = [", "invalid TOML: "),
+    ],
+    ids=["not-utf8", "too-deep", "huge-integer", "truncated"],
+)
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["queue", "ls"],
+        ["profile", "ls"],
+        ["profile", "use", "prod"],
+        ["profile", "rm", "prod"],
+        ["profile", "add", "prod", "--url", "http://relay.example:8080"],
+    ],
+    ids=lambda args: "-".join(args[:2]),
+)
+def test_unusable_profile_file_is_one_line_and_exit_2(
+    content: bytes, reason: str, args: list[str]
+) -> None:
+    path = config_file()
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content)
+    result = run(args)
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"relayctl: cannot read {path}: {reason}")
+    assert len(result.stderr.splitlines()) == 1
+    assert path.read_bytes() == content  # left as it was
+
+
+def test_profile_file_in_the_way_or_unwritable_is_exit_2(tmp_path: Path) -> None:
+    blocker = tmp_path / "xdg"
+    blocker.write_text("a file where the config directory should be")
+    blocked = run(["profile", "add", "prod", "--url", "http://relay.example:8080"])
+    assert blocked.exit_code == 2, blocked.output
+    assert blocked.stderr == f"relayctl: cannot read {config_file()}: Not a directory\n"
+
+    blocker.unlink()
+    config_file().with_name("config.toml.tmp").mkdir(parents=True)  # where the write goes
+    unwritable = run(["profile", "add", "prod", "--url", "http://relay.example:8080"])
+    assert unwritable.exit_code == 2, unwritable.output
+    assert unwritable.stderr == f"relayctl: cannot write {config_file()}: Is a directory\n"
+
+
+async def test_profile_comes_with_its_url_and_token(relay: Any, closed_port: int) -> None:
+    """--profile beats RELAY_URL/RELAY_TOKEN: the profile's token goes to the profile's URL."""
+    run(["profile", "add", "local", "--url", relay.base_url, "--token", relay.admin_token])
+    run(["profile", "add", "elsewhere", "--url", f"http://127.0.0.1:{closed_port}", "--use"])
+    env = {"RELAY_URL": f"http://127.0.0.1:{closed_port}", "RELAY_TOKEN": "env-token"}
+    chosen = await asyncio.to_thread(run, ["--profile", "local", "queue", "ls"], env)
+    assert chosen.exit_code == 0, chosen.output
+    # Without --profile the environment beats the current profile.
+    by_env = await asyncio.to_thread(run, ["queue", "ls"], {"RELAY_URL": relay.base_url})
+    assert by_env.exit_code == 4  # no token: "elsewhere" has none, and its URL is not this
+    # A flag still beats the profile.
+    flag = await asyncio.to_thread(
+        run, ["--profile", "local", "--url", f"http://127.0.0.1:{closed_port}", "queue", "ls"]
+    )
+    assert flag.exit_code == 5
+
+
+async def test_a_stored_token_is_only_sent_to_its_own_url(relay: Any) -> None:
+    """--url names another daemon than the profile's (or RELAY_URL's): its token stays home."""
+    other = relay.base_url.replace("127.0.0.1", "localhost")  # same relayd, another URL
+    run(["profile", "add", "prod", "--url", other, "--token", relay.admin_token, "--use"])
+    current = await asyncio.to_thread(run, ["--url", relay.base_url, "queue", "ls"])
+    assert current.exit_code == 4, current.output
+    assert "requires a token (AUTH_REQUIRED)" in current.stderr
+    named = await asyncio.to_thread(
+        run, ["--profile", "prod", "--url", relay.base_url, "queue", "ls"]
+    )
+    assert named.exit_code == 4
+    env = {"RELAY_URL": other, "RELAY_TOKEN": relay.admin_token}
+    from_env = await asyncio.to_thread(run, ["--url", relay.base_url, "queue", "ls"], env)
+    assert from_env.exit_code == 4
+    # The same URL, spelled with a trailing slash or another case, is the same daemon.
+    same = await asyncio.to_thread(run, ["--url", other.upper() + "/", "queue", "ls"])
+    assert same.exit_code == 0, same.output
+    # A token given without a URL goes wherever the URL comes from.
+    alone = await asyncio.to_thread(
+        run, ["--url", relay.base_url, "queue", "ls"], {"RELAY_TOKEN": relay.admin_token}
+    )
+    assert alone.exit_code == 0, alone.output
+
+
+def test_listing_masks_a_password_in_a_profile_url() -> None:
+    run(["profile", "add", "prod", "--url", "https://ops:s3cret@relay.example:8443"])
+    listed = run(["profile", "ls"]).stdout + run(["--json", "profile", "ls"]).stdout
+    assert "s3cret" not in listed
+    assert "https://ops:***@relay.example:8443" in listed
