@@ -1,4 +1,5 @@
-"""Row-by-row operations (CSV send, CSV import): a progress bar, per-row errors, a summary.
+"""Row-by-row operations (CSV send, CSV import): a progress bar, per-row errors, a summary;
+and the hint under a listed page that is not the whole list.
 
 Each row is one API call, so a refused row is refused whole and the others go on;
 only losing the daemon (unreachable, token refused) stops the run.
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.text import Text
 
 from relayctl.context import ExitCode, exit_with
 from relayctl.errors import AuthError, RelayError, UnreachableError
@@ -122,3 +124,24 @@ def summarize(
     if not bad:
         return 0
     return 6 if good else 1
+
+
+def page_hint(out: Output, page: dict[str, Any], shown: int, offset: int) -> bool:
+    """When a list shows fewer rows than the API's ``pagination.total``, say so on stderr
+    (piped too, as stdout's rows are all a script sees; never with --json, whose document
+    has the pagination). Returns whether it did."""
+    pagination = page.get("pagination")
+    total = pagination.get("total") if isinstance(pagination, dict) else None
+    if out.json_mode or not isinstance(total, int) or shown >= total:
+        return False
+    if shown == 0:
+        where = f"none of {total} at offset {offset}"
+    elif offset:
+        rows = f"{offset + 1}" if shown == 1 else f"{offset + 1}-{offset + shown}"
+        where = f"{rows} of {total}"
+    else:
+        where = f"{shown} of {total}"
+    out.err_console.print(
+        Text(f"showing {where}; use --limit/--offset", style="dim"), soft_wrap=True
+    )
+    return True

@@ -60,8 +60,12 @@ def run_bulk(
     conditions = flt.given()
     preview = call(dry_run=True, **conditions)
     matched = int(preview.get("matched", 0))
-    if dry_run or matched == 0:
+    if dry_run:
         report(out, preview, action)
+        return
+    if matched == 0:
+        # Nothing to act on, so no real call; the answer is still that of a real run.
+        report(out, {**preview, "dry_run": False, "count": 0, "ids": []}, action)
         return
     if matched > CONFIRM_ABOVE and not assume_yes:
         if not interactive():

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Sequence
 from typing import Any
 
 from starlette.requests import Request
@@ -85,13 +86,13 @@ async def _body(request: Request) -> dict[str, Any]:
     return await object_body(request, _MAX_BODY, _FIELDS)
 
 
-def _values(body: dict[str, Any]) -> dict[str, Any]:
+def _values(body: dict[str, Any], allowlist: Sequence[str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     if "url" in body:
         url = body["url"]
         if not isinstance(url, str):
             raise invalid("url", "url must be a string")
-        problem = policy.valid_endpoint(url)
+        problem = policy.valid_endpoint(url) or policy.endpoint_refusal(url, allowlist)
         if problem is not None:
             raise invalid("url", problem)
         values["url"] = url
@@ -149,7 +150,7 @@ async def create_webhook(request: Request, principal: Principal) -> Response:
     for name in ("url", "event_types"):
         if body.get(name) is None:
             raise missing(name)
-    values = _values(body)
+    values = _values(body, service.config.webhooks.allowlist)
     now = service.clock()
     values.update(
         id="wh_" + secrets.token_hex(8),
@@ -187,7 +188,7 @@ async def update_webhook(request: Request, principal: Principal) -> Response:
     body = await _body(request)
     if body.get("workspace_id") not in (None, found.workspace_id):
         raise invalid("workspace_id", "a webhook cannot move to another workspace")
-    values = _values(body)
+    values = _values(body, service.config.webhooks.allowlist)
     values["updated_at"] = service.clock()
     row = await service.committer.run(
         lambda c: deliveries.update_webhook(c, webhook_id, scope, values)

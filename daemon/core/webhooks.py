@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import socket
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
@@ -129,6 +130,44 @@ def allowed(host: str, address: str, allowlist: Sequence[str]) -> bool:
         if ip is not None and ip.version == net.version and ip in net:
             return True
     return False
+
+
+# RFC 6761: localhost names are loopback whatever a resolver says.
+_LOCALHOST = ("127.0.0.1", "::1")
+
+
+def literal_addresses(host: str) -> tuple[str, ...] | None:
+    """The addresses a host stands for without asking a resolver: an address literal
+    (the inet_aton forms ``127.1`` and ``0x7f.0.0.1`` that resolvers accept included) or
+    a localhost name; None for any other name, which only delivery can resolve."""
+    host = host.lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return _LOCALHOST
+    if _address(host) is not None:
+        return (host,)
+    if host and all(c in "0123456789abcdefx." for c in host):
+        try:
+            return (socket.inet_ntoa(socket.inet_aton(host)),)
+        except OSError:
+            return None
+    return None
+
+
+def endpoint_refusal(url: str, allowlist: Sequence[str]) -> str | None:
+    """Why ``url`` (already a valid endpoint) can be refused when it is registered: its
+    host is an address, or localhost, that delivery would refuse. A name is decided at
+    delivery, when it is resolved."""
+    host = urlsplit(url).hostname or ""
+    addresses = literal_addresses(host)
+    if addresses is None:
+        return None
+    for address in addresses:
+        why = forbidden(address)
+        if why is not None and not allowed(host, address, allowlist):
+            return (
+                f"{host} is {why}; the relay delivers there only when webhooks.allowlist names it"
+            )
+    return None
 
 
 def refusal(host: str, addresses: Sequence[str], allowlist: Sequence[str]) -> str | None:

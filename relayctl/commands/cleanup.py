@@ -6,39 +6,49 @@
 
 from __future__ import annotations
 
-import math
 import re
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
-from relayctl.context import current
+from relayctl.context import ExitCode, current, exit_with
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print the API's data object as JSON.")]
-_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(h|d|w)?\s*$")
-_DAYS = {"h": 1 / 24, "d": 1.0, "w": 7.0}
+_AGE = re.compile(r"^\s*([0-9]+)\s*([smhdw]?)\s*$", re.IGNORECASE)
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 MAX_DAYS = 36500  # the API's bound: a century
+# The cleanup API takes whole days (older_than_days), so finer ages are refused, not rounded.
+ACCEPTED = "whole days: 90d, 12w, or hours that make whole days (48h)"
 
 
 def parse_age(value: str) -> int:
-    """ "90d", "12w", "48h" or a bare number of days -> whole days (rounded up)."""
+    """ "90d", "12w", "48h" or a bare number of days -> whole days. An age that is not a whole
+    number of days (1h, 1.5d) is a one-line usage error, never rounded: the API takes days."""
     match = _AGE.match(value)
     if match is None:
-        raise typer.BadParameter(
-            f"{value!r} is not an age such as 90d, 12w or 48h", param_hint="--older-than"
-        )
-    days = float(match.group(1)) * _DAYS[match.group(2) or "d"]
-    if days > MAX_DAYS:  # also an overflowing number, read as infinity
-        raise typer.BadParameter(
-            f"{value!r} is more than {MAX_DAYS} days", param_hint="--older-than"
-        )
-    return math.ceil(days)
+        age_error(f"{value!r} is not an age in {ACCEPTED}")
+    digits = match.group(1).lstrip("0") or "0"
+    if len(digits) > 12:  # past any bound in any unit (and past what int() reads)
+        age_error(f"{value[:40]!r}... is more than {MAX_DAYS} days")
+    seconds = int(digits) * _SECONDS[(match.group(2) or "d").lower()]
+    days, rest = divmod(seconds, _SECONDS["d"])
+    if rest:
+        age_error(f"{value!r} is not a whole number of days; cleanup takes {ACCEPTED}")
+    if days > MAX_DAYS:
+        age_error(f"{value!r} is more than {MAX_DAYS} days")
+    return days
+
+
+def age_error(text: str) -> NoReturn:
+    """A bad --older-than: one line on stderr, exit 2."""
+    exit_with(f"relayctl: invalid value for --older-than: {text}", ExitCode.USAGE)
 
 
 def cleanup(
     ctx: typer.Context,
     older_than: Annotated[
-        str, typer.Option("--older-than", help="Age of mail to delete: 90d, 12w, 48h.")
+        str,
+        typer.Option("--older-than", help="Age of mail to delete, in whole days: 90d, 12w, 48h."),
     ] = "90d",
     include_sent: Annotated[
         bool, typer.Option("--include-sent/--no-include-sent", help="Sent and delivered mail.")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from relayctl.batch import page_hint
 from relayctl.context import current
 
 app = typer.Typer(name="keys", help="Workspace API keys.", no_args_is_help=True)
@@ -42,16 +43,19 @@ def list_keys(
     workspace_id: Annotated[
         str | None, typer.Option("--workspace-id", help="Only this workspace's keys.")
     ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="Keys per page.")] = 100,
+    offset: Annotated[int, typer.Option("--offset", min=0, help="Skip this many.")] = 0,
     json_flag: JsonFlag = False,
 ) -> None:
     """List keys by prefix (never the keys). With --json: {"keys": [...], "pagination"}."""
     state = current(ctx)
     out = state.output(json_flag)
     with state.session("list keys") as client:
-        data = client.list_keys(workspace_id)
+        data = client.list_keys(workspace_id, limit=limit, offset=offset)
     if out.json_mode:
         out.json(data)
         return
+    keys: list[dict[str, Any]] = data.get("keys", [])
     out.table(
         ("ID", "PREFIX", "WORKSPACE", "USER", "NAME", "CREATED", "LAST_USED", "REVOKED"),
         [
@@ -65,10 +69,11 @@ def list_keys(
                 k.get("last_used_at"),
                 k.get("revoked_at"),
             )
-            for k in data.get("keys", [])
+            for k in keys
         ],
         status_column=None,
     )
+    page_hint(out, data, len(keys), offset)
 
 
 @app.command("revoke")

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from relayctl.batch import page_hint
 from relayctl.context import ExitCode, current, exit_with
 from relayctl.output import Output
 from relayctl.repair import CONFIRM_ABOVE, QueueFilter, run_bulk
@@ -150,15 +151,12 @@ def render_page(out: Output, page: dict[str, Any], offset: int) -> None:
         for m in messages
     ]
     out.table(LIST_COLUMNS, rows)
-    pagination = page.get("pagination", {})
-    total = pagination.get("total", len(messages))
+    if page_hint(out, page, len(messages), offset):
+        return
     if messages:
-        first = offset + 1
-        out.note(f"{first}-{offset + len(messages)} of {total}")
-        if pagination.get("has_more"):
-            out.note(f"more: relayctl queue ls --offset {offset + len(messages)}")
+        out.note(f"{len(messages)} of {len(messages)}")
     else:
-        out.note(f"no messages (of {total})")
+        out.note("no messages")
 
 
 @app.command("show")

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from relayctl.batch import read_csv, run_rows, summarize
+from relayctl.batch import page_hint, read_csv, run_rows, summarize
 from relayctl.client import Client
 from relayctl.context import ExitCode, current, exit_with
 from relayctl.errors import ApiError
@@ -80,8 +80,8 @@ def list_recipients(
         for r in page.get("recipients", [])
     ]
     out.table(COLUMNS, rows)
-    total = page.get("pagination", {}).get("total", len(rows))
-    out.note(f"{len(rows)} of {total}")
+    if not page_hint(out, page, len(rows), offset):
+        out.note(f"{len(rows)} of {len(rows)}")
 
 
 @app.command("show")

@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from relayctl.batch import page_hint
 from relayctl.context import ExitCode, current, exit_with
 
 app = typer.Typer(
@@ -39,6 +40,7 @@ def list_webhooks(
     ] = False,
     workspace_id: WorkspaceId = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 100,
+    offset: Annotated[int, typer.Option("--offset", min=0, help="Skip this many.")] = 0,
     json_flag: JsonFlag = False,
 ) -> None:
     """List webhooks, or with --dead the dead-letter list.
@@ -49,9 +51,9 @@ def list_webhooks(
     out = state.output(json_flag)
     with state.session("list webhooks") as client:
         if dead:
-            page = client.webhook_deliveries(status="dead", limit=limit)
+            page = client.webhook_deliveries(status="dead", limit=limit, offset=offset)
         else:
-            page = client.list_webhooks(workspace_id, limit=limit)
+            page = client.list_webhooks(workspace_id, limit=limit, offset=offset)
     if out.json_mode:
         out.json(page)
         return
@@ -85,8 +87,8 @@ def list_webhooks(
             for w in page.get("webhooks", [])
         ]
         out.table(("ID", "URL", "EVENTS", "ENABLED", "WORKSPACE"), rows, status_column=None)
-    total = page.get("pagination", {}).get("total", len(rows))
-    out.note(f"{len(rows)} of {total}")
+    if not page_hint(out, page, len(rows), offset):
+        out.note(f"{len(rows)} of {len(rows)}")
 
 
 @app.command("add")
@@ -101,7 +103,11 @@ def add_webhook(
     workspace_id: WorkspaceId = None,
     json_flag: JsonFlag = False,
 ) -> None:
-    """Register an endpoint (default: every event type). Prints its signing secret, once."""
+    """Register an endpoint (default: every event type). Prints its signing secret, once.
+
+    relayd delivers nowhere loopback, private or link-local unless its webhooks.allowlist
+    names the host; it refuses such an address (or localhost) here already.
+    """
     types = event or ["*"]
     for item in types:
         if item not in EVENT_TYPES:

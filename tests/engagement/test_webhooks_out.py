@@ -211,11 +211,27 @@ async def test_ssrf_refused_without_allowlist(
     client: httpx.AsyncClient, service: RelayService, sender: WebhookSender, url: str
 ) -> None:
     import dataclasses
+    from urllib.parse import urlsplit
 
-    section = dataclasses.replace(service.config.webhooks, allowlist=[])
-    service.reconfigure(dataclasses.replace(service.config, webhooks=section))
+    def allow(entries: list[str]) -> None:  # as a SIGHUP with another allowlist does
+        section = dataclasses.replace(service.config.webhooks, allowlist=entries)
+        service.reconfigure(dataclasses.replace(service.config, webhooks=section))
+
     async with Receiver() as receiver:
-        hook = await register(client, url.format(port=receiver.port), ["opened"])
+        target = url.format(port=receiver.port)
+        # An address (or localhost) delivery would refuse is refused when it is registered.
+        allow([])
+        refused = await client.post(
+            "/api/webhooks", json={"url": target, "event_types": ["opened"]}
+        )
+        error = assert_envelope(refused, 400, "INVALID_REQUEST")
+        assert "webhooks.allowlist" in error["message"]
+        assert (await client.get("/api/webhooks")).json()["data"]["webhooks"] == []
+        # Registered while the allowlist named it, then the allowlist changed: every
+        # delivery and test is refused, and nothing reaches the receiver.
+        allow([urlsplit(target).hostname or ""])
+        hook = await register(client, target, ["opened"])
+        allow([])
         await an_open(client, service)
         assert await sender.run_once() == 1
         tested = (await client.post(f"/api/webhooks/{hook['id']}/test")).json()["data"]
@@ -223,6 +239,22 @@ async def test_ssrf_refused_without_allowlist(
     assert tested["delivered"] is False and tested["error"].startswith("refused")
     pending = (await client.get("/api/webhooks/deliveries")).json()["data"]["deliveries"]
     assert pending[0]["last_error"].startswith("refused")
+
+
+async def test_address_spellings_resolvers_accept_are_refused_when_registered(
+    client: httpx.AsyncClient, service: RelayService
+) -> None:
+    import dataclasses
+
+    section = dataclasses.replace(service.config.webhooks, allowlist=["10.0.0.0/8"])
+    service.reconfigure(dataclasses.replace(service.config, webhooks=section))
+    for url in ("http://127.1/hook", "http://0x7f.0.0.1/hook", "http://2130706433/hook"):
+        refused = await client.post("/api/webhooks", json={"url": url, "event_types": ["*"]})
+        assert refused.status_code == 400, (url, refused.text)
+        assert "loopback" in refused.json()["error"]["message"]
+    # A name is decided when it is resolved, at delivery; an allowlisted address is fine.
+    await register(client, "https://hooks.example.com/relay", ["*"])
+    await register(client, "http://10.0.0.5:9/hook", ["*"])
 
 
 async def test_redirects_are_checked_too(
