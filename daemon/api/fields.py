@@ -80,26 +80,10 @@ MAX_DUMPS_GROWTH = 6
 
 def check_text(value: Any, path: str = "") -> None:
     """Refuse NUL and lone surrogates anywhere: neither survives email nor PostgreSQL."""
-    stack: list[tuple[Any, str]] = [(value, path)]
-    while stack:
-        item, where = stack.pop()
-        if isinstance(item, str):
-            texts = [item]
-        elif isinstance(item, dict):
-            texts = list(item)
-            stack.extend((v, f"{where}.{k}" if where else str(k)) for k, v in item.items())
-        elif isinstance(item, list):
-            texts = []
-            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(item))
-        else:
-            continue
-        for text in texts:
-            if "\x00" in text:
-                raise invalid(where or "body", "strings must not contain NUL characters")
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError:
-                raise invalid(where or "body", "strings must be valid Unicode") from None
+    found = jsondoc.unstorable_text(value, path)
+    if found is not None:
+        where, why = found
+        raise invalid(where or "body", why)
 
 
 @functools.lru_cache(maxsize=8192)

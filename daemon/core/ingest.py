@@ -5,9 +5,11 @@ section, with a small hand-rolled splitter (several times cheaper than the
 stdlib parser), and touches the body only for the byte-level safety checks:
 bare CR/LF (the SMTP smuggling class, CVE-2023-51764), NUL, and line length.
 
-The one change made to the accepted bytes is a prepended ``Received:`` trace
-header (RFC 5321 section 4.4); with ``bare_newline = "normalize"`` lone CR and
-LF also become CRLF.
+The changes made to the accepted bytes: a prepended ``Received:`` trace header
+(RFC 5321 section 4.4), and no ``Bcc:`` or ``Resent-Bcc:`` field, so that no
+recipient sees the blind copies (Postfix's cleanup drops them too, by default:
+``message_drop_headers``); with ``bare_newline = "normalize"`` lone CR and LF
+also become CRLF.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email.header import decode_header, make_header
+from email.policy import default as default_policy
 from email.utils import getaddresses
 from typing import Any
 
@@ -32,6 +35,9 @@ MAX_LINE = 1000  # octets, CRLF included (RFC 5321 4.5.3.1.6)
 MAX_ID_LENGTH = 200  # the width of the workspace/campaign/user id columns
 MAX_RETRY_COUNT = 100
 MAX_DISPLAY = 998  # the width of the subject and from_header columns
+# Decoding RFC 2047 words takes time quadratic in the field's length (the stdlib's
+# decode_header), and only MAX_DISPLAY characters are kept: decode a bounded prefix.
+MAX_DECODED = 16 * MAX_DISPLAY
 
 # Headers copied into the message's summary ``headers`` field, in display form.
 SUMMARY_HEADERS = (
@@ -122,12 +128,14 @@ def parse_headers(data: bytes) -> dict[str, str]:
     """The header fields relay cares about (lower-cased name -> unfolded value; first wins)."""
     end = data.find(b"\r\n\r\n")
     block = data if end < 0 else data[:end]
-    fields: dict[str, str] = {}
-    current: str | None = None
+    # Each field's lines are joined once at the end: appending to a str held in the dict
+    # copies it every time, quadratic in a field folded over many lines.
+    fields: dict[str, list[bytes]] = {}
+    current: list[bytes] | None = None
     for line in block.split(b"\r\n"):
         if line[:1] in (b" ", b"\t"):
             if current is not None:
-                fields[current] += line.decode("utf-8", "replace")
+                current.append(line)
             continue
         name, colon, value = line.partition(b":")
         name = name.rstrip(b" \t")  # obsolete syntax allows blanks before the colon
@@ -135,21 +143,61 @@ def parse_headers(data: bytes) -> dict[str, str]:
             break  # not a header line: the header section ended without a blank line
         key = name.decode("ascii", "replace").lower()
         if key in _WANTED and key not in fields:
-            current = key
-            fields[key] = value.decode("utf-8", "replace")
+            current = fields[key] = [value]
         else:
             current = None
-    return {key: value.strip() for key, value in fields.items()}
+    return {
+        key: b"".join(lines).decode("utf-8", "replace").strip() for key, lines in fields.items()
+    }
+
+
+_BLIND_FIELD = re.compile(rb"^(?:resent-)?bcc[ \t]*:", re.IGNORECASE | re.MULTILINE)
+
+
+def drop_blind_copies(data: bytes) -> bytes:
+    """``data`` without its ``Bcc:`` and ``Resent-Bcc:`` fields (continuation lines too).
+
+    The envelope carries the blind copies; the header would show them to everyone.
+    """
+    end = data.find(b"\r\n\r\n")
+    head_end = len(data) if end < 0 else end + 2
+    if _BLIND_FIELD.search(data, 0, head_end) is None:
+        return data  # nearly all mail: one scan of the header section
+    lines = data[:head_end].split(b"\r\n")
+    kept: list[bytes] = []
+    dropping = False
+    for index, line in enumerate(lines):
+        if line[:1] in (b" ", b"\t"):
+            if not dropping:
+                kept.append(line)
+            continue
+        name, colon, _ = line.partition(b":")
+        if not colon or not name.strip():
+            kept.extend(lines[index:])  # the header section ended here (as parse_headers)
+            break
+        dropping = _BLIND_FIELD.match(line) is not None
+        if not dropping:
+            kept.append(line)
+    return b"\r\n".join(kept) + data[head_end:]
 
 
 def _decoded(value: str) -> str:
-    """Decode RFC 2047 encoded words (``=?utf-8?q?...?=``) for display fields."""
+    """Decode RFC 2047 encoded words (``=?utf-8?q?...?=``) for display fields.
+
+    A word whose charset yields what cannot be stored (``=00``, or a lone surrogate
+    from charsets such as utf-7) leaves the field as it was sent.
+    """
     if "=?" not in value:
         return value
+    text = value
+    if len(text) > MAX_DECODED:
+        cut = max(text.rfind(" ", 0, MAX_DECODED), text.rfind("\t", 0, MAX_DECODED))
+        text = text[: cut if cut > 0 else MAX_DECODED]
     try:
-        return str(make_header(decode_header(value)))
+        decoded = str(make_header(decode_header(text)))
     except (ValueError, LookupError, UnicodeError):
         return value
+    return decoded if jsondoc.unstorable_text(decoded) is None else value
 
 
 def _addresses(value: str | None) -> list[str]:
@@ -161,6 +209,30 @@ def _addresses(value: str | None) -> list[str]:
     if angle is not None:  # "To: <a@b>", likewise
         return [angle.group(1)]
     return [addr for _, addr in getaddresses([value]) if addr]
+
+
+# Address fields that delivery parses (providers, bounces): the stdlib's parsers recurse
+# once per nested comment or group, and a few hundred levels exhaust the interpreter's
+# recursion. Only a field with that many brackets or colons can get there, so only such a
+# field is parsed here to find out; nearly all mail pays two counts.
+_ADDRESS_FIELDS = ("from", "sender", "reply-to", "to", "cc")
+_NESTING_SUSPECT = 100
+
+
+def _check_nesting(fields: dict[str, str]) -> None:
+    for key in _ADDRESS_FIELDS:
+        value = fields.get(key)
+        if value is None or value.count("(") + value.count(":") < _NESTING_SUSPECT:
+            continue
+        try:
+            getaddresses([value])
+            str(default_policy.header_factory(key, value))
+        except RecursionError:
+            raise IngestRejected(
+                550,
+                "5.6.0",
+                f"Invalid {_SUMMARY_BY_KEY[key]} header: comments or groups nested too deep",
+            ) from None
 
 
 def _bounded_id(fields: dict[str, str], key: str, header: str) -> str | None:
@@ -201,6 +273,11 @@ def _json_object(value: str, header: str) -> dict[str, Any]:
         ) from None
     if not isinstance(parsed, dict):
         raise IngestRejected(550, "5.6.0", f"Invalid {header} header: expected a JSON object")
+    # NUL and lone surrogates only arrive as \u escapes (NUL octets are refused earlier).
+    if "\\u" in value and jsondoc.unstorable_text(parsed) is not None:
+        raise IngestRejected(
+            550, "5.6.0", f"Invalid {header} header: strings must be Unicode text without NUL"
+        )
     return parsed
 
 
@@ -217,7 +294,8 @@ def parse_priority(value: str | None) -> int:
 def _retry_limit(value: str | None) -> int | None:
     if value is None or value == "":
         return None
-    if not value.isdigit() or int(value) > MAX_RETRY_COUNT:
+    # ASCII digits only: str.isdigit() also takes "²" (int() refuses it) and "٣".
+    if not (value.isascii() and value.isdigit()) or int(value) > MAX_RETRY_COUNT:
         raise IngestRejected(
             550, "5.6.0", f"Invalid X-Retry-Count header: expected 0-{MAX_RETRY_COUNT}"
         )
@@ -282,8 +360,9 @@ def build_message(
     bare_newline: str = "reject",
 ) -> NewMessage:
     """Check the accepted bytes and extract the message fields, or raise IngestRejected."""
-    data = check_bytes(data, bare_newline)
+    data = drop_blind_copies(check_bytes(data, bare_newline))
     fields = parse_headers(data)
+    _check_nesting(fields)
     metadata_text = fields.get("x-metadata")
     metadata = _json_object(metadata_text, "X-Metadata") if metadata_text else {}
     to = _addresses(fields.get("to"))

@@ -64,3 +64,30 @@ def loads(text: str) -> Any:
     if text.count("[") + text.count("{") > MAX_DEPTH and depth(document) > MAX_DEPTH:
         raise JsonRefused(f"nested deeper than {MAX_DEPTH} levels")
     return document
+
+
+def unstorable_text(value: Any, path: str = "") -> tuple[str, str] | None:
+    """Where (a dotted path from ``path``) and why a string or key in ``value`` cannot be
+    stored: a NUL, or a lone surrogate (``"\\ud800"``), neither of which survives email,
+    PostgreSQL or UTF-8. None when every string is plain Unicode text."""
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            texts = [item]
+        elif isinstance(item, dict):
+            texts = [key for key in item if isinstance(key, str)]
+            stack.extend((v, f"{where}.{k}" if where else str(k)) for k, v in item.items())
+        elif isinstance(item, list):
+            texts = []
+            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(item))
+        else:
+            continue
+        for text in texts:
+            if "\x00" in text:
+                return where, "strings must not contain NUL characters"
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                return where, "strings must be valid Unicode"
+    return None

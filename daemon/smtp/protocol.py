@@ -364,6 +364,9 @@ class RelaySMTP(SMTP):
 
     # -- commands ---------------------------------------------------------------------
 
+    # The overridden commands keep aiosmtpd's @syntax: HELP lists only commands that have it.
+
+    @syntax("HELO hostname")
     async def smtp_HELO(self, hostname: str) -> None:
         self._plain_replies = True
         try:
@@ -371,6 +374,7 @@ class RelaySMTP(SMTP):
         finally:
             self._plain_replies = False
 
+    @syntax("EHLO hostname")
     async def smtp_EHLO(self, hostname: str) -> None:
         if not hostname:
             await self.push("501 5.5.4 Syntax: EHLO hostname")
@@ -400,15 +404,28 @@ class RelaySMTP(SMTP):
     # aiosmtpd checks credentials through a synchronous callback; relay's check may need
     # the database (workspace API keys), so both mechanisms hand them to an async hook.
 
+    @syntax("AUTH <mechanism>")
+    async def smtp_AUTH(self, arg: str) -> None:
+        envelope = self.envelope
+        if envelope is not None and envelope.mail_from is not None:
+            # RFC 4954 section 4: not during a mail transaction, and a 503 says so.
+            await self.push("503 5.5.1 Error: AUTH not permitted during a mail transaction")
+            return
+        await super().smtp_AUTH(arg)
+
     async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
         blob = await (self.challenge_auth("") if len(args) == 1 else self._b64_argument(args[1]))
         if not isinstance(blob, bytes):  # the reason was already sent
             return AuthResult(success=False)
         try:
-            _authzid, login, password = blob.split(b"\0")
+            authzid, login, password = blob.split(b"\0")
         except ValueError:
             await self.push("501 5.5.2 Can't split auth value")
             return AuthResult(success=False)
+        if authzid and authzid != login:
+            # RFC 4616: acting as another identity must be authorized, and relay has no
+            # such authorization: refuse rather than silently authenticate as ``login``.
+            return AuthResult(success=False, handled=False)
         return await self._check_credentials("PLAIN", LoginPassword(login, password))
 
     async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
@@ -425,6 +442,8 @@ class RelaySMTP(SMTP):
         return await self._check_credentials("LOGIN", LoginPassword(login, password))
 
     async def _b64_argument(self, text: str) -> bytes | None:
+        if text == "=":  # RFC 4954 section 4: an empty initial response
+            return b""
         try:
             return base64.b64decode(text.encode(), validate=True)
         except (binascii.Error, ValueError):
@@ -438,6 +457,7 @@ class RelaySMTP(SMTP):
         result: AuthResult = await verify(self.session, mechanism, credentials)
         return result
 
+    @syntax("STARTTLS", when="tls_context")
     async def smtp_STARTTLS(self, arg: str) -> None:
         # aiosmtpd would stack a second TLS layer on an encrypted session.
         if self.tls_active:
@@ -451,6 +471,7 @@ class RelaySMTP(SMTP):
         assert session is not None
         return bool(session.host_name) and not (self._auth_required and not session.authenticated)
 
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_MAIL(self, arg: str | None) -> None:
         if not self._ready() and (
             await self.check_helo_needed() or await self.check_auth_needed("MAIL")
@@ -610,6 +631,7 @@ class RelaySMTP(SMTP):
             parts.clear()
         return size, state
 
+    @syntax("RCPT TO: <address>", extended=" [SP <rcpt-parameters>]")
     async def smtp_RCPT(self, arg: str | None) -> None:
         if not self._ready() and (
             await self.check_helo_needed() or await self.check_auth_needed("RCPT")

@@ -128,9 +128,13 @@ async def test_require_auth_applies_to_trusted_clients_too(
     assert (await dialog.cmd("EHLO client.test")).startswith("250 ")
     assert await dialog.cmd("MAIL FROM:<a@example.com>") == "250 2.1.0 Ok"
     assert await dialog.cmd("RCPT TO:<b@example.org>") == "530 5.7.0 Authentication required"
+    # RFC 4954 section 4: no AUTH inside a mail transaction; end it first.
+    assert (await dialog.cmd(f"AUTH PLAIN {plain('ws', TOKEN)}")).startswith("503 5.5.1 ")
+    assert await dialog.cmd("RSET") == "250 2.0.0 Ok"
     assert await dialog.cmd(f"AUTH PLAIN {plain('ws', TOKEN)}") == (
         "235 2.7.0 Authentication successful"
     )
+    assert await dialog.cmd("MAIL FROM:<a@example.com>") == "250 2.1.0 Ok"
     assert await dialog.cmd("RCPT TO:<b@example.org>") == "250 2.1.5 Ok"
 
 
