@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 from daemon.core.message import ClaimedMessage, Recipient
 from daemon.core.retry import AUTH_ERROR, KINDS, PERMANENT, SENT, TEMPORARY
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,44 @@ class DeliveryResult:
 
     def by_outcome(self, outcome: str) -> list[RecipientResult]:
         return [r for r in self.recipients if r.outcome == outcome]
+
+    @classmethod
+    def merge(cls, results: Sequence[DeliveryResult]) -> DeliveryResult:
+        """One result for a message sent in several requests (an API's recipient limit).
+
+        Sent when any batch was sent (the others are a partial delivery, per
+        recipient); the code, reply and ids are those of the first sent batch,
+        else of the first batch.
+        """
+        if len(results) == 1:
+            return results[0]
+        outcome = combine([r.outcome for r in results])
+        lead = next((r for r in results if r.outcome == SENT), results[0])
+        return cls(
+            outcome=outcome,
+            recipients=tuple(rr for r in results for rr in r.recipients),
+            code=lead.code,
+            reply=lead.reply,
+            provider_message_id=lead.provider_message_id,
+            remote=lead.remote,
+            dsn_relayed=lead.dsn_relayed,
+        )
+
+
+def combine(kinds: Sequence[str]) -> str:
+    """One outcome for several recipients: any accepted wins, then retryable ones."""
+    if SENT in kinds:
+        return SENT
+    if TEMPORARY in kinds:
+        return TEMPORARY
+    if AUTH_ERROR in kinds:
+        return AUTH_ERROR
+    return PERMANENT
+
+
+def batches(items: Sequence[T], size: int) -> list[Sequence[T]]:
+    """``items`` in consecutive slices of at most ``size``."""
+    return [items[i : i + size] for i in range(0, len(items), size)] or [items]
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 A service account acts as each sender, the From address (the JWT's ``sub``): one access token per
 sender, cached until near expiry (:mod:`daemon.providers.google_token`). The
 message goes out as ``{"raw": base64url(bytes)}`` to
-``POST {base}/gmail/v1/users/me/messages/send``.
+``POST {base}/gmail/v1/users/me/messages/send``, or, past a few MB, as a
+multipart media upload to ``POST {base}/upload/gmail/v1/users/me/messages/send``.
 
 Gmail delivers to the addresses in the To, Cc and Bcc headers, not to an
 envelope. So envelope recipients missing from those headers (blind copies
@@ -13,7 +14,8 @@ envelope names a subset) would receive a copy it must not, so that message is
 refused for this provider (permanent, with the reason) rather than duplicated.
 
 Answers: 200 sent (``id`` is the provider id); 400 permanent; 401 the token is
-refused: auth_error, not a retry loop (the cached token is dropped); 403 is
+refused: a fresh one is fetched and the send tried once more, then auth_error,
+not a retry loop; 403 is
 auth_error too unless Google says it is a rate or quota limit (temporary); 429
 and 5xx temporary. A token endpoint that refuses the grant (``invalid_grant``,
 ``unauthorized_client``: delegation not granted) is auth_error as well.
@@ -22,6 +24,7 @@ and 5xx temporary. A token endpoint that refuses the grant (``invalid_grant``,
 from __future__ import annotations
 
 import base64
+import secrets
 import time
 from email.parser import BytesHeaderParser
 from email.policy import default as default_policy
@@ -45,6 +48,11 @@ from daemon.providers.google_token import (
 from daemon.providers.rest import RestProvider, client_settings, make_client, reply_text
 
 DEFAULT_BASE_URL = "https://gmail.googleapis.com"
+SEND_PATH = "/gmail/v1/users/me/messages/send"
+# Larger messages take the upload URI: the metadata URI answers 413 past a few MB
+# (base64 adds a third). The upload URI's limit for messages.send is 35 MB.
+UPLOAD_THRESHOLD = 3 * 1024 * 1024
+MAX_MESSAGE_BYTES = 35 * 1024 * 1024
 RATE_REASONS = frozenset(
     {"rateLimitExceeded", "userRateLimitExceeded", "dailyLimitExceeded", "quotaExceeded"}
 )
@@ -156,22 +164,25 @@ class GmailProvider(RestProvider):
         if not sender:
             reply = "gmail needs a sender to act as (MAIL FROM or From)"
             return DeliveryResult.uniform(PERMANENT, envelope.recipients, reply=reply)
-        body = {"raw": base64.urlsafe_b64encode(raw).decode("ascii")}
+        if len(raw) > MAX_MESSAGE_BYTES:
+            reply = f"the message is {len(raw)} bytes; Gmail sends at most 35 MB"
+            return DeliveryResult.uniform(PERMANENT, envelope.recipients, reply=reply)
         async with self._slots:
-            try:
-                token = await self.tokens.token(self.client, sender)
-            except TokenError as exc:
-                return DeliveryResult.uniform(
-                    exc.kind, envelope.recipients, reply=exc.reply, remote=self.remote
-                )
-            try:
-                response = await self.client.post(
-                    "/gmail/v1/users/me/messages/send",
-                    json=body,
-                    headers={"Authorization": f"Bearer {token}"},
-                )
-            except httpx.HTTPError as exc:
-                return self.failure(exc, envelope.recipients)
+            # Google's advice on a 401 (an expired or revoked token): refresh it, once.
+            for _ in range(2):
+                try:
+                    token = await self.tokens.token(self.client, sender)
+                except TokenError as exc:
+                    return DeliveryResult.uniform(
+                        exc.kind, envelope.recipients, reply=exc.reply, remote=self.remote
+                    )
+                try:
+                    response = await self._post(raw, token)
+                except httpx.HTTPError as exc:
+                    return self.failure(exc, envelope.recipients)
+                if response.status_code != 401:
+                    break
+                self.tokens.forget(sender)
         if response.status_code == 200:
             try:
                 message_id = str(response.json()["id"])
@@ -186,12 +197,39 @@ class GmailProvider(RestProvider):
                 remote=self.remote,
             )
         if response.status_code == 401:
-            self.tokens.forget(sender)
             return self.refused(response, envelope.recipients, AUTH_ERROR)
         if response.status_code == 403:
             kind = TEMPORARY if _reasons(response) & RATE_REASONS else AUTH_ERROR
             return self.refused(response, envelope.recipients, kind)
         return self.refused(response, envelope.recipients)
+
+    async def _post(self, raw: bytes, token: str) -> httpx.Response:
+        """``messages.send``: JSON ``raw`` on the metadata URI, or a multipart media upload.
+
+        The metadata URI refuses bodies of a few MB (413); larger messages go to
+        the upload URI, which takes up to 35 MB.
+        """
+        auth = {"Authorization": f"Bearer {token}"}
+        if len(raw) <= UPLOAD_THRESHOLD:
+            body = {"raw": base64.urlsafe_b64encode(raw).decode("ascii")}
+            return await self.client.post(SEND_PATH, json=body, headers=auth)
+        boundary = secrets.token_hex(16)
+        while boundary.encode() in raw:
+            boundary = secrets.token_hex(16)
+        content = b"".join(
+            [
+                f"--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n"
+                f"{{}}\r\n--{boundary}\r\nContent-Type: message/rfc822\r\n\r\n".encode(),
+                raw,
+                f"\r\n--{boundary}--\r\n".encode(),
+            ]
+        )
+        return await self.client.post(
+            "/upload" + SEND_PATH,
+            params={"uploadType": "multipart"},
+            content=content,
+            headers={**auth, "Content-Type": f"multipart/related; boundary={boundary}"},
+        )
 
     async def check(self) -> HealthResult:
         """A fresh token for the service account itself: the key is live and accepted."""

@@ -17,11 +17,15 @@ import secrets
 import httpx
 
 from daemon.config import Config, ConfigError, ProviderConfig
+from daemon.core.message import Recipient
 from daemon.core.retry import AUTH_ERROR, PERMANENT, SENT
-from daemon.providers.base import DeliveryResult, Envelope, HealthResult
+from daemon.providers.base import DeliveryResult, Envelope, HealthResult, batches
 from daemon.providers.rest import RestProvider, client_settings, make_client, required
 
 REGIONS = {"US": "https://api.mailgun.net", "EU": "https://api.eu.mailgun.net"}
+# Mailgun's own SDKs cap a message at 1,000 recipients (mailgun-ruby: MAX_RECIPIENTS);
+# more go out as several sends of the same MIME.
+MAX_RECIPIENTS = 1000
 
 
 def mailgun_base_url(region: str, base_url: str = "") -> str:
@@ -92,7 +96,14 @@ class MailgunProvider(RestProvider):
         if any("\r" in a or "\n" in a or '"' in a for a in addresses):
             reply = "a recipient address cannot be sent as a form field"
             return DeliveryResult.uniform(PERMANENT, envelope.recipients, reply=reply)
-        content_type, body = form_data(addresses, envelope.raw)
+        results = [
+            await self._send_one(list(batch), envelope.raw)
+            for batch in batches(envelope.recipients, MAX_RECIPIENTS)
+        ]
+        return DeliveryResult.merge(results)
+
+    async def _send_one(self, recipients: list[Recipient], raw: bytes) -> DeliveryResult:
+        content_type, body = form_data([r.address for r in recipients], raw)
         async with self._slots:
             try:
                 response = await self.client.post(
@@ -102,7 +113,7 @@ class MailgunProvider(RestProvider):
                     auth=self._auth,
                 )
             except httpx.HTTPError as exc:
-                return self.failure(exc, envelope.recipients)
+                return self.failure(exc, recipients)
         if response.status_code == 200:
             try:
                 message_id = strip_brackets(str(response.json()["id"]))
@@ -110,15 +121,15 @@ class MailgunProvider(RestProvider):
                 message_id = None
             return DeliveryResult.uniform(
                 SENT,
-                envelope.recipients,
+                recipients,
                 200,
                 f"200 {_message(response)}",
                 provider_message_id=message_id,
                 remote=self.remote,
             )
         if response.status_code == 404:
-            return self.refused(response, envelope.recipients, AUTH_ERROR)
-        return self.refused(response, envelope.recipients)
+            return self.refused(response, recipients, AUTH_ERROR)
+        return self.refused(response, recipients)
 
     async def check(self) -> HealthResult:
         """``GET /v3/domains/{domain}``: the key works and the domain is active."""

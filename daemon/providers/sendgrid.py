@@ -21,12 +21,14 @@ from typing import Any
 import httpx
 
 from daemon.config import Config, ProviderConfig
+from daemon.core.message import Recipient
 from daemon.core.retry import PERMANENT, SENT
-from daemon.providers.base import DeliveryResult, Envelope, HealthResult
+from daemon.providers.base import DeliveryResult, Envelope, HealthResult, batches
 from daemon.providers.rest import RestProvider, client_settings, make_client, required
 
 DEFAULT_BASE_URL = "https://api.sendgrid.com"
 _OFFLOAD_BYTES = 256 * 1024  # parse larger messages off the event loop
+MAX_RECIPIENTS = 1000  # to + cc + bcc in one request (and so personalizations too)
 # Headers SendGrid refuses in ``headers`` (its reserved list) or that the JSON
 # fields already carry; everything else (Message-ID, References, List-*, X-*) goes on.
 DROPPED_HEADERS = frozenset(
@@ -142,14 +144,37 @@ def _custom_headers(raw: bytes) -> dict[str, str]:
 
 
 def mail_send_body(raw: bytes, mail_from: str, recipients: list[str]) -> dict[str, Any]:
-    """The ``mail/send`` JSON for a stored message and its envelope recipients."""
+    """The ``mail/send`` JSON for a stored message and (at most 1,000) envelope recipients."""
+    return mail_send_bodies(raw, mail_from, recipients)[0][1]
+
+
+def mail_send_bodies(
+    raw: bytes, mail_from: str, recipients: list[str]
+) -> list[tuple[list[str], dict[str, Any]]]:
+    """The ``mail/send`` requests for a stored message, each with the recipients it carries.
+
+    SendGrid takes at most 1,000 recipients (to + cc + bcc) per request, each
+    address once: more recipients take more requests, To then Cc recipients first.
+    """
     message = BytesParser(policy=default_policy).parsebytes(raw)
     assert isinstance(message, EmailMessage)
+    common = _common_fields(message, raw, mail_from)
+    listed = {a.lower() for _, a in _header_addresses(message, "To")}
+    listed |= {a.lower() for _, a in _header_addresses(message, "Cc")}
+    unique: dict[str, str] = {}
+    for address in recipients:
+        unique.setdefault(address.lower(), address)
+    ordered = sorted(unique.values(), key=lambda a: a.lower() not in listed)  # stable
+    return [
+        (list(batch), {"personalizations": personalizations(message, list(batch)), **common})
+        for batch in batches(ordered, MAX_RECIPIENTS)
+    ]
+
+
+def _common_fields(message: EmailMessage, raw: bytes, mail_from: str) -> dict[str, Any]:
+    """Everything of the ``mail/send`` JSON but the personalizations."""
     from_name, from_email = parseaddr(str(message.get("From", "")))
-    body: dict[str, Any] = {
-        "personalizations": personalizations(message, recipients),
-        "from": _person(from_name, from_email or mail_from),
-    }
+    body: dict[str, Any] = {"from": _person(from_name, from_email or mail_from)}
     subject = str(message.get("Subject", ""))
     if subject:
         body["subject"] = subject
@@ -164,8 +189,10 @@ def mail_send_body(raw: bytes, mail_from: str, recipients: list[str]) -> dict[st
         part = message.get_body(preferencelist=(kind,))
         if part is not None and part.get_content_type() == f"text/{kind}":
             assert isinstance(part, EmailMessage)
-            content.append({"type": f"text/{kind}", "value": str(part.get_content())})
             chosen.append(part)
+            value = str(part.get_content())
+            if value:  # SendGrid refuses an empty value: an empty part is left out
+                content.append({"type": f"text/{kind}", "value": value})
     body["content"] = content or [{"type": "text/plain", "value": " "}]
     attachments = [
         _attachment(part, index)
@@ -209,29 +236,39 @@ class SendgridProvider(RestProvider):
         addresses = [r.address for r in envelope.recipients]
         try:
             if len(envelope.raw) > _OFFLOAD_BYTES:
-                body = await asyncio.to_thread(
-                    mail_send_body, envelope.raw, envelope.mail_from, addresses
+                requests = await asyncio.to_thread(
+                    mail_send_bodies, envelope.raw, envelope.mail_from, addresses
                 )
             else:
-                body = mail_send_body(envelope.raw, envelope.mail_from, addresses)
+                requests = mail_send_bodies(envelope.raw, envelope.mail_from, addresses)
         except Exception as exc:  # the same bytes would fail the same way every time
             reply = f"the message cannot be expressed as SendGrid JSON: {exc}"
             return DeliveryResult.uniform(PERMANENT, envelope.recipients, reply=reply)
+        by_address: dict[str, list[Recipient]] = {}
+        for r in envelope.recipients:  # an address twice in the envelope shares one result
+            by_address.setdefault(r.address.lower(), []).append(r)
+        results = []
+        for batch, body in requests:
+            recipients = [r for a in batch for r in by_address[a.lower()]]
+            results.append(await self._send_one(body, recipients))
+        return DeliveryResult.merge(results)
+
+    async def _send_one(self, body: dict[str, Any], recipients: list[Recipient]) -> DeliveryResult:
         async with self._slots:
             try:
                 response = await self.client.post("/v3/mail/send", json=body, headers=self._headers)
             except httpx.HTTPError as exc:
-                return self.failure(exc, envelope.recipients)
+                return self.failure(exc, recipients)
         if response.status_code in (200, 202):
             return DeliveryResult.uniform(
                 SENT,
-                envelope.recipients,
+                recipients,
                 response.status_code,
                 f"{response.status_code} Accepted",
                 provider_message_id=response.headers.get("X-Message-Id"),
                 remote=self.remote,
             )
-        return self.refused(response, envelope.recipients)
+        return self.refused(response, recipients)
 
     async def check(self) -> HealthResult:
         """``GET /v3/scopes``: the key is live and may send mail."""

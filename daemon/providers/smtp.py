@@ -43,7 +43,13 @@ from daemon.config import Config, ProviderConfig, machine_fqdn
 from daemon.core.dsn import xtext_encode
 from daemon.core.message import Recipient
 from daemon.core.retry import AUTH_ERROR, PERMANENT, SENT, TEMPORARY, classify_smtp
-from daemon.providers.base import DeliveryResult, Envelope, HealthResult, RecipientResult
+from daemon.providers.base import (
+    DeliveryResult,
+    Envelope,
+    HealthResult,
+    RecipientResult,
+    combine,
+)
 
 log = logging.getLogger("relayd.smtp-client")
 
@@ -62,17 +68,6 @@ class _StaleConnection(Exception):
 class _Pooled:
     client: aiosmtplib.SMTP
     idle_since: float
-
-
-def combine(kinds: Sequence[str]) -> str:
-    """One outcome for several recipients: any accepted wins, then retryable ones."""
-    if SENT in kinds:
-        return SENT
-    if TEMPORARY in kinds:
-        return TEMPORARY
-    if AUTH_ERROR in kinds:
-        return AUTH_ERROR
-    return PERMANENT
 
 
 def _is_ascii(text: str) -> bool:

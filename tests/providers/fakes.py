@@ -40,6 +40,9 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+# Gmail's metadata URI refuses JSON bodies past a few MB with 413
+# (googleapis/google-api-go-client#374: around 6.5 MB of message); the fake says 5 MiB.
+METADATA_LIMIT = 5 * 1024 * 1024
 GMAIL_SEND = "https://www.googleapis.com/auth/gmail.send"
 SENDGRID_RESERVED = {
     "x-sg-id",
@@ -289,6 +292,7 @@ class MailgunFake(FakeApi):
             else:
                 raise _Problem(f"unexpected form field {name!r}")
         _expect(bool(to), "no 'to' field")
+        _expect(len(to) <= 1000, f"{len(to)} recipients: Mailgun takes at most 1,000")
         _expect(mime is not None, "no 'message' file")
         domain = request.path_params["domain"]
         if domain not in self.domains:
@@ -382,7 +386,16 @@ class GoogleFake(FakeApi):
                 self.endpoint(self.send),
                 methods=["POST"],
             ),
+            Route(
+                "/upload/gmail/v1/users/{user}/messages/send",
+                self.endpoint(self.upload),
+                methods=["POST"],
+            ),
         ]
+
+    def revoke(self) -> None:
+        """Every access token handed out so far stops working (expired or revoked)."""
+        self.tokens.clear()
 
     def _error(self, status: int, error: str, description: str) -> Response:
         return JSONResponse({"error": error, "error_description": description}, status)
@@ -437,7 +450,7 @@ class GoogleFake(FakeApi):
         self.tokens[access] = subject
         return JSONResponse({"access_token": access, "expires_in": 3599, "token_type": "Bearer"})
 
-    async def send(self, request: Request) -> Response:
+    def _unauthorized(self, request: Request) -> Response | None:
         token = _bearer(request)
         _expect(token is not None, "no bearer token")
         if token not in self.tokens:
@@ -445,11 +458,44 @@ class GoogleFake(FakeApi):
                 {"error": {"code": 401, "message": "Invalid Credentials", "status":
                            "UNAUTHENTICATED"}}, 401,
             )  # fmt: skip
+        return None
+
+    async def send(self, request: Request) -> Response:
+        refused = self._unauthorized(request)
+        if refused is not None:
+            return refused
         ctype = request.headers.get("content-type", "")
         _expect(ctype.startswith("application/json"), f"content type {ctype!r}")
-        body = json.loads(await request.body())
+        payload = await request.body()
+        if len(payload) > METADATA_LIMIT:  # what Google answers on the metadata URI
+            return PlainTextResponse("Request Entity Too Large", status_code=413)
+        body = json.loads(payload)
         _expect(set(body) <= {"raw", "threadId"} and "raw" in body, f"fields {sorted(body)}")
-        raw = base64.urlsafe_b64decode(body["raw"])
+        return self._accept(request, base64.urlsafe_b64decode(body["raw"]))
+
+    async def upload(self, request: Request) -> Response:
+        """The media upload URI, ``uploadType=multipart``: JSON metadata, then message/rfc822."""
+        refused = self._unauthorized(request)
+        if refused is not None:
+            return refused
+        kind = request.query_params.get("uploadType")
+        _expect(kind == "multipart", f"uploadType {kind!r}")
+        ctype = request.headers.get("content-type", "")
+        _expect(ctype.startswith("multipart/related; boundary="), f"content type {ctype!r}")
+        parts = _multipart(ctype, await request.body())
+        _expect(len(parts) == 2, f"{len(parts)} parts")
+        (meta_headers, meta), (media_headers, raw) = parts
+        meta_type = meta_headers.get("content-type", "")
+        _expect(meta_type.startswith("application/json"), f"metadata type {meta_type!r}")
+        _expect(set(json.loads(meta)) <= {"threadId"}, "metadata fields")
+        media_type = media_headers.get("content-type")
+        _expect(media_type == "message/rfc822", f"media type {media_type!r}")
+        _expect(len(raw) <= 35 * 1024 * 1024, "over the 35 MB upload limit")
+        return self._accept(request, raw)
+
+    def _accept(self, request: Request, raw: bytes) -> Response:
+        token = _bearer(request)
+        assert token is not None  # checked by _unauthorized
         user = request.path_params["user"]
         _expect(user == "me" or user == self.tokens[token], f"userId {user}")
         subject = self.tokens[token]
@@ -511,11 +557,17 @@ class SendgridFake(FakeApi):
         _expect(set(body) <= allowed, f"unknown fields {sorted(set(body) - allowed)}")
         blocks = body.get("personalizations")
         _expect(isinstance(blocks, list) and 1 <= len(blocks) <= 1000, "personalizations")
+        everyone: list[str] = []
         for block in cast(list[dict[str, Any]], blocks):  # a list: checked just above
             _expect(isinstance(block.get("to"), list) and block["to"], "a personalization needs to")
             emails = [p["email"].lower() for k in ("to", "cc", "bcc") for p in block.get(k, [])]
             _expect(len(emails) == len(set(emails)), "an address twice in one personalization")
             _expect(all("@" in e for e in emails), "an address without @")
+            everyone += emails
+        # "There is a limit of 1000 total recipients (to + cc + bcc) per request", and
+        # "Each unique email address in the personalizations array should only be included once".
+        _expect(len(everyone) <= 1000, f"{len(everyone)} recipients in one request")
+        _expect(len(everyone) == len(set(everyone)), "an address twice in personalizations")
         _expect("@" in body.get("from", {}).get("email", ""), "from.email")
         content = body.get("content") or []
         _expect(bool(content), "no content")
