@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -27,6 +28,32 @@ from daemon.store.admin import RUNTIME_CONFIG_KEY, put_setting
 
 log = logging.getLogger("relayd.api")
 MAX_BODY = 64 * 1024
+MASK = "********"  # as daemon.config.as_dict masks a secret
+
+
+def _mask_url_password(value: Any) -> Any:
+    """A URL's password masked (``postgresql+psycopg://user:********@host/db``): a
+    credential, though it sits in a key such as ``database.url`` that is not a secret's."""
+    if not isinstance(value, str) or "@" not in value or "://" not in value:
+        return value
+    try:
+        parts = urlsplit(value)
+        password = parts.password
+    except ValueError:
+        return value
+    if not password:
+        return value
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{host}"))
+
+
+def _masked(tree: Any) -> Any:
+    if isinstance(tree, dict):
+        return {key: _masked(value) for key, value in tree.items()}
+    if isinstance(tree, list):
+        return [_masked(value) for value in tree]
+    return _mask_url_password(tree)
 
 
 def require_admin(principal: Principal) -> None:
@@ -61,7 +88,8 @@ async def get_config(request: Request, principal: Principal) -> Response:
     config = service_of(request).config
     keys = set(describe_settings()) | set(settled(config))
     sources = {key: config.source(key) for key in sorted(keys)}
-    return JSONResponse({"success": True, "data": as_dict(config), "sources": sources})
+    data = _masked(as_dict(config))
+    return JSONResponse({"success": True, "data": data, "sources": sources})
 
 
 @requires_admin

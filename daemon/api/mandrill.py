@@ -6,26 +6,32 @@ such form posts are taken and ``X-Mandrill-Signature`` must verify against
 ``[webhooks] mandrill_url`` (the exact URL configured at Mandrill; empty: the
 URL of this request); missing is 401 ``AUTH_REQUIRED``, wrong 401
 ``INVALID_TOKEN``, and neither changes anything. Without a key the
-reference's JSON body ``{"mandrill_events": [...]}`` is taken too. A replayed
-batch applies nothing twice.
+reference's JSON body ``{"mandrill_events": [...]}`` is taken too; such an
+unsigned post could come from anyone, so only its events about a message this
+relay sent, to an address it sent that message to, are applied (the message id
+is the proof of knowledge); the rest count as skipped. A replayed batch applies
+nothing twice.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import parse_qsl
 
+from sqlalchemy.engine import Connection
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from daemon.api.errors import ApiError
-from daemon.api.fields import read_body
+from daemon.api.fields import check_text, read_body
 from daemon.api.responses import ok
 from daemon.core import mandrill
 from daemon.service import RelayService
+from daemon.store import engagement as tables
 
 log = logging.getLogger("relayd.mandrill")
 
@@ -68,7 +74,27 @@ def _events(text: str) -> list[object]:
         )
     if len(events) > MAX_EVENTS:
         raise ApiError("INVALID_REQUEST", f"at most {MAX_EVENTS} events per post")
+    check_text(events, "mandrill_events")  # NUL: neither email nor PostgreSQL takes it
     return events
+
+
+def _about_our_mail(conn: Connection, items: list[object], now: datetime) -> list[bool]:
+    """For each event: may an unsigned post apply it? Unreadable ones pass (to be
+    counted as skipped); readable ones only when they name a message of ours and
+    one of its recipients."""
+    verdicts = []
+    for item in items:
+        try:
+            event = mandrill.read_event(item, now)
+        except mandrill.BadEvent:
+            verdicts.append(True)
+            continue
+        if tables.get_message(conn, event.message_id) is None:
+            verdicts.append(False)
+            continue
+        addresses = tables.message_recipient_addresses(conn, event.message_id)
+        verdicts.append(event.email in {a.lower() for a in addresses})
+    return verdicts
 
 
 async def receive(request: Request) -> Response:
@@ -114,7 +140,16 @@ async def receive(request: Request) -> Response:
         events = _events(raw) if isinstance(raw, str) else _events(json.dumps(raw))
     else:
         raise ApiError("INVALID_REQUEST", f"Content-Type must be {FORM} or application/json")
+    refused = 0
+    if not key:
+        now = service.clock()
+        verdicts = await service.reader.run(lambda c: _about_our_mail(c, events, now))
+        refused = verdicts.count(False)
+        if refused:
+            log.info("unsigned mandrill post: %d event(s) not about our mail skipped", refused)
+        events = [e for e, take in zip(events, verdicts, strict=True) if take]
     counts = await service.engagement.mandrill(events)
+    counts["skipped"] += refused
     log.info("mandrill batch: %s", counts)
     return ok(counts)
 

@@ -319,9 +319,12 @@ def _page_number(request: Request, name: str, default: int, low: int) -> int:
     value = request.query_params.get(name)
     if value is None or value == "":
         return default
-    if not value.strip().isdigit() or int(value) < low:
-        raise bad_request(f"{name} must be an integer of at least {low}")
-    return int(value)
+    # ASCII digits only ("²".isdigit() is true, int("²") fails), and few enough of them
+    # for a database integer.
+    text = value.strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > 12 or int(text) < low:
+        raise bad_request(f"{name} must be an integer from {low} to 999999999999")
+    return int(text)
 
 
 @requires_account

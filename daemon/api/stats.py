@@ -122,10 +122,13 @@ async def realtime(request: Request, principal: Principal) -> Response:
     """GET /api/stats/realtime: text/event-stream until the client disconnects."""
     service = service_of(request)
     workspace_id = _scope(request, principal)
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    if request.method == "HEAD":
+        # No body goes out for HEAD, so nothing would end an endless stream: the
+        # connection would stay busy with it and hang the client's next request.
+        return Response(media_type="text/event-stream", headers=headers)
     return StreamingResponse(
-        metric_events(service, workspace_id),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        metric_events(service, workspace_id), media_type="text/event-stream", headers=headers
     )
 
 

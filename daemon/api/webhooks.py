@@ -82,6 +82,19 @@ def _not_found(webhook_id: str) -> ApiError:
     return ApiError("WEBHOOK_NOT_FOUND", f"no webhook {webhook_id}", {"webhook_id": webhook_id})
 
 
+_MAX_ID = 200
+
+
+def _path_id(request: Request, name: str = "webhook_id") -> str:
+    """An id from the path; one no webhook or delivery can have (too long, or holding a
+    control character, which PostgreSQL refuses in a query: NUL) is 404 without a query."""
+    value = str(request.path_params[name])
+    if len(value) > _MAX_ID or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        kind = "dead delivery" if name == "delivery_id" else "webhook"
+        raise ApiError("WEBHOOK_NOT_FOUND", f"no {kind} with that id", {name: value[:_MAX_ID]})
+    return value
+
+
 async def _body(request: Request) -> dict[str, Any]:
     return await object_body(request, _MAX_BODY, _FIELDS)
 
@@ -166,7 +179,7 @@ async def create_webhook(request: Request, principal: Principal) -> Response:
 
 @requires_auth
 async def get_webhook(request: Request, principal: Principal) -> Response:
-    webhook_id = str(request.path_params["webhook_id"])
+    webhook_id = _path_id(request)
     scope = _scope(request, principal)
     row = await service_of(request).reader.run(
         lambda c: deliveries.get_webhook(c, webhook_id, scope)
@@ -179,7 +192,7 @@ async def get_webhook(request: Request, principal: Principal) -> Response:
 @requires_auth
 async def update_webhook(request: Request, principal: Principal) -> Response:
     service = service_of(request)
-    webhook_id = str(request.path_params["webhook_id"])
+    webhook_id = _path_id(request)
     scope = _scope(request, principal)
     # An unknown (or another workspace's) webhook is 404 whatever the body says.
     found = await service.reader.run(lambda c: deliveries.get_webhook(c, webhook_id, scope))
@@ -200,7 +213,7 @@ async def update_webhook(request: Request, principal: Principal) -> Response:
 
 @requires_auth
 async def delete_webhook(request: Request, principal: Principal) -> Response:
-    webhook_id = str(request.path_params["webhook_id"])
+    webhook_id = _path_id(request)
     scope = _scope(request, principal)
     deleted = await service_of(request).committer.run(
         lambda c: deliveries.delete_webhook(c, webhook_id, scope)
@@ -214,7 +227,7 @@ async def delete_webhook(request: Request, principal: Principal) -> Response:
 async def test_webhook(request: Request, principal: Principal) -> Response:
     """Send one signed ``test`` event now and say what the endpoint answered."""
     service = service_of(request)
-    webhook_id = str(request.path_params["webhook_id"])
+    webhook_id = _path_id(request)
     scope = _scope(request, principal)
     row = await service.reader.run(lambda c: deliveries.get_webhook(c, webhook_id, scope))
     if row is None:
@@ -258,6 +271,12 @@ async def list_deliveries(request: Request, principal: Principal) -> Response:
             {"parameter": "status"},
         )
     webhook_id = query.get("webhook_id") or None
+    if webhook_id is not None and (
+        len(webhook_id) > _MAX_ID or any(ord(c) < 32 or ord(c) == 127 for c in webhook_id)
+    ):
+        raise ApiError(
+            "INVALID_REQUEST", "webhook_id is not a webhook id", {"parameter": "webhook_id"}
+        )
     scope = _scope(request, principal)
     rows, total = await service_of(request).reader.run(
         lambda c: deliveries.list_deliveries(c, scope, status, webhook_id, page.limit, page.offset)
@@ -290,12 +309,12 @@ async def _replay(request: Request, principal: Principal, **which: str) -> Respo
 
 @requires_auth
 async def replay_delivery(request: Request, principal: Principal) -> Response:
-    return await _replay(request, principal, delivery_id=str(request.path_params["delivery_id"]))
+    return await _replay(request, principal, delivery_id=_path_id(request, "delivery_id"))
 
 
 @requires_auth
 async def replay_webhook(request: Request, principal: Principal) -> Response:
-    return await _replay(request, principal, webhook_id=str(request.path_params["webhook_id"]))
+    return await _replay(request, principal, webhook_id=_path_id(request))
 
 
 def routes() -> list[Route]:

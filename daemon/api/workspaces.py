@@ -246,6 +246,8 @@ async def list_keys(request: Request, principal: Principal) -> Response:
         raise ApiError(
             "INVALID_REQUEST", "workspace_id is not valid", {"parameter": "workspace_id"}
         )
+    if workspace_id is not None:
+        principal.check_workspace(workspace_id)  # X-Workspace-ID naming another: 400
     rows, total = await service_of(request).reader.run(
         lambda c: store.list_keys(c, workspace_id, page.limit, page.offset)
     )
@@ -257,6 +259,8 @@ async def list_keys(request: Request, principal: Principal) -> Response:
 async def revoke_key(request: Request, principal: Principal) -> Response:
     service = service_of(request)
     key_id: str = request.path_params["key_id"][:40]
+    if any(ord(c) < 32 or ord(c) == 127 for c in key_id):  # no key has one; PostgreSQL refuses NUL
+        raise ApiError("API_KEY_NOT_FOUND", "no API key with that id", {"id": key_id})
     now = service.clock()
     row = await service.committer.run(lambda c: store.revoke_key(c, key_id, now))
     service.tenancy.forget_keys()

@@ -41,7 +41,7 @@ from sqlalchemy.engine import Connection
 from daemon.core.message import PENDING_STATUSES, STATUSES, NewMessage, Outcome
 from daemon.store.audience import campaigns, normalize, recipients
 from daemon.store.direct import Direct
-from daemon.store.models import messages
+from daemon.store.models import message_recipients, messages
 
 EVENTS = ("delivered", "opened", "clicked", "unsubscribed", "complained", "bounced")
 _CAMPAIGN_COLUMN = {"opened": "opened", "clicked": "clicked"}
@@ -142,21 +142,45 @@ def on_outcomes(conn: Connection, applied: Sequence[tuple[Outcome, str, str | No
 
 
 def on_pending_changed(
-    conn: Connection, workspace_id: str, campaign_id: str | None, delta: int, at: datetime
+    conn: Connection,
+    workspace_id: str,
+    campaign_id: str | None,
+    delta: int,
+    at: datetime,
+    retried_failures: int = 0,
 ) -> None:
-    """A message of the campaign left (-1, cancelled) or re-entered (+1, retried) the queue."""
+    """Messages of the campaign left (``delta`` < 0, cancelled) or re-entered (> 0,
+    retried) the queue. ``retried_failures``: recipients a retry sends to again whose
+    earlier failure counted as ``sent`` and ``bounced``; their next outcome counts
+    afresh, so those counts drop now (else sent could pass total_recipients)."""
     if campaign_id is None:
         return
     c = campaigns.c
-    conn.execute(
-        campaigns.update()
-        .where(_where(workspace_id, campaign_id))
-        .values(
-            pending=c.pending + delta,
-            completed_at=sa.case((c.pending + delta <= 0, at), else_=None),
-            updated_at=at,
+    values: dict[str, Any] = {
+        "pending": c.pending + delta,
+        "completed_at": sa.case((c.pending + delta <= 0, at), else_=None),
+        "updated_at": at,
+    }
+    if retried_failures:
+        n = retried_failures
+        values["sent"] = sa.case((c.sent > n, c.sent - n), else_=0)
+        values["bounced"] = sa.case((c.bounced > n, c.bounced - n), else_=0)
+    conn.execute(campaigns.update().where(_where(workspace_id, campaign_id)).values(values))
+
+
+def failed_recipients(conn: Connection, message_ids: Sequence[str]) -> dict[str, int]:
+    """How many recipients of each message ended ``failed`` (counted as bounced)."""
+    if not message_ids:
+        return {}
+    rows = conn.execute(
+        sa.select(message_recipients.c.message_id, sa.func.count())
+        .where(
+            message_recipients.c.message_id.in_(message_ids),
+            message_recipients.c.status == "failed",
         )
-    )
+        .group_by(message_recipients.c.message_id)
+    ).all()
+    return {message_id: int(n) for message_id, n in rows}
 
 
 def record_event(

@@ -531,7 +531,10 @@ def retry(
         )
     ).first()
     if row is not None:
-        counters.on_pending_changed(conn, row.workspace_id, row.campaign_id, 1, now)
+        failures = counters.failed_recipients(conn, [message_id]) if row.campaign_id else {}
+        counters.on_pending_changed(
+            conn, row.workspace_id, row.campaign_id, 1, now, failures.get(message_id, 0)
+        )
         conn.execute(
             message_recipients.update()
             .where(
