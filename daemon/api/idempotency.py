@@ -25,7 +25,7 @@ from daemon.store import tenancy as store
 from daemon.tenancy import IDEMPOTENCY_TTL, IdempotencyClaim
 
 HEADER = "Idempotency-Key"
-_SANE_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+_SANE_KEY = re.compile(r"^[\x21-\x7e]{1,255}\Z")
 
 
 def key_of(request: Request) -> str | None:

@@ -23,7 +23,7 @@ from daemon.core.ids import random_bytes
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # Echo a caller's id only when it is short and harmless in logs and headers.
-_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}\Z")
 _HEADERS_KEY = "relay.headers"
 _REQUEST_ID = b"x-request-id"
 _RATE_LIMIT = b"x-ratelimit-limit"

@@ -58,7 +58,7 @@ ALLOWED = {
     "cancel": CANCELLABLE_STATUSES,
 }
 DEFAULT = {"retry": RETRYABLE_STATUSES, "cancel": CANCELLABLE_STATUSES}
-_DOMAIN = re.compile(r"^@?[A-Za-z0-9.-]{1,253}$")
+_DOMAIN = re.compile(r"^@?[A-Za-z0-9.-]{1,253}\Z")
 
 BatchOp = Callable[[Connection, Sequence[str], datetime], list[str]]
 OPS: dict[str, BatchOp] = {"retry": admin.retry_batch, "cancel": admin.cancel_batch}

@@ -38,7 +38,7 @@ from daemon.core.compose import (
     check_header,
 )
 from daemon.core.ids import WORKSPACE_ID, WORKSPACE_ID_RULE
-from daemon.core.message import PRIORITIES
+from daemon.core.message import MAX_RETRY_COUNT, PRIORITIES, parse_retry_count
 
 FIELDS = frozenset(
     {
@@ -69,7 +69,7 @@ MAX_ATTACHMENTS = 100
 MAX_SUBJECT = 998
 MAX_SCHEDULE_AHEAD = timedelta(days=366)
 ADDRESS_HEADERS = frozenset({"reply-to", "sender"})
-_X_PRIORITY_DIGIT = re.compile(r"^([1-5])(\s.*)?$")
+_X_PRIORITY_DIGIT = re.compile(r"^([1-5])(\s.*)?\Z")
 
 
 @dataclass
@@ -225,9 +225,12 @@ def _sending_options(headers: list[tuple[str, str]]) -> tuple[int, int | None]:
         if name.lower() == "x-priority":
             priority = _priority(value)
         elif name.lower() == "x-retry-count":
-            if not value.strip().isdigit() or int(value) > 100:
-                raise invalid(f"headers.{name}", "X-Retry-Count must be an integer from 0 to 100")
-            max_retries = int(value)
+            max_retries = parse_retry_count(value)
+            if max_retries is None:
+                raise invalid(
+                    f"headers.{name}",
+                    f"X-Retry-Count must be an integer from 0 to {MAX_RETRY_COUNT}",
+                )
     return priority, max_retries
 
 

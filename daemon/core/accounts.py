@@ -22,7 +22,7 @@ EMAIL_STATUSES = ("queued", "scheduled", "sent", "delivered", "failed")
 KEY_PREFIX = "maylng_"
 
 # A lowercase local part: letters, digits and . _ + - inside, no dot at either end.
-PREFIX_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9._+-]{0,62}[a-z0-9])?$")
+PREFIX_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9._+-]{0,62}[a-z0-9])?\Z")
 _PREFIX_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 GENERATED_PREFIX_LENGTH = 12
 

@@ -20,8 +20,8 @@ from daemon.core.retry import enhanced_code
 HARD = "hard"
 SOFT = "soft"
 
-_STATUS = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\s*$")
-_VERP_LOCAL = re.compile(r"^bounces\+(msg-[0-9A-Za-z]{26})$", re.IGNORECASE)
+_STATUS = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\s*\Z")
+_VERP_LOCAL = re.compile(r"^bounces\+(msg-[0-9A-Za-z]{26})\Z", re.IGNORECASE)
 
 
 @dataclass(frozen=True)

@@ -46,12 +46,12 @@ RESERVED_HEADERS = frozenset(
         "return-path",
     }
 )
-_HEADER_NAME = re.compile(r"^[!-9;-~]{1,76}$")  # RFC 5322 ftext: printable ASCII but ':'
+_HEADER_NAME = re.compile(r"^[!-9;-~]{1,76}\Z")  # RFC 5322 ftext: printable ASCII but ':'
 # Control characters, and what str.splitlines() also treats as a line break (NEL, LS, PS).
 CONTROL_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]")
-_MSG_ID = re.compile(r"^<[^<>\s@]+@[^<>\s@]+>$")
+_MSG_ID = re.compile(r"^<[^<>\s@]+@[^<>\s@]+>\Z")
 _TOKEN = r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"
-_CONTENT_TYPE = re.compile(rf"^({_TOKEN})/({_TOKEN})$")
+_CONTENT_TYPE = re.compile(rf"^({_TOKEN})/({_TOKEN})\Z")
 
 
 class ComposeError(ValueError):

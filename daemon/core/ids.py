@@ -7,7 +7,8 @@ import re
 from collections import deque
 
 # What a workspace id may be, wherever one is named (API paths, bodies, headers, SMTP).
-WORKSPACE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")
+# \Z, not $: "$" also matches before a final newline, which let "ws-a\n" through.
+WORKSPACE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}\Z")
 WORKSPACE_ID_RULE = "1-200 letters, digits, '.', '_', ':' or '-'"
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32

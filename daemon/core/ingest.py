@@ -27,13 +27,18 @@ from typing import Any
 from daemon.core import jsondoc
 from daemon.core.compose import CONTROL_CHARS
 from daemon.core.ids import WORKSPACE_ID, WORKSPACE_ID_RULE
-from daemon.core.message import PRIORITIES, NewMessage, Recipient
+from daemon.core.message import (
+    MAX_RETRY_COUNT,
+    PRIORITIES,
+    NewMessage,
+    Recipient,
+    parse_retry_count,
+)
 from daemon.core.mime import rfc5322_date
 from daemon.core.relay import SmtpRejection
 
 MAX_LINE = 1000  # octets, CRLF included (RFC 5321 4.5.3.1.6)
 MAX_ID_LENGTH = 200  # the width of the workspace/campaign/user id columns
-MAX_RETRY_COUNT = 100
 MAX_DISPLAY = 998  # the width of the subject and from_header columns
 # Decoding RFC 2047 words takes time quadratic in the field's length (the stdlib's
 # decode_header), and only MAX_DISPLAY characters are kept: decode a bounded prefix.
@@ -74,7 +79,7 @@ _WANTED = frozenset(_SUMMARY_BY_KEY) | _FIELD_HEADERS
 # X-Priority also arrives in the numeric convention of mail clients: "1 (Highest)" .. "5".
 _NUMERIC_PRIORITY = {"1": 0, "2": 0, "3": 1, "4": 2, "5": 2}
 # One plain address and nothing else (no name, comment, quote, group or list).
-_BARE_ADDRESS = re.compile(r"^[ \t]*[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+[ \t]*$")
+_BARE_ADDRESS = re.compile(r"^[ \t]*[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+[ \t]*\Z")
 # The same address in angle brackets and nothing else ("To: <a@b>"), as smtp-source and
 # many scripts write it: the stdlib parser gives exactly the address inside.
 _ANGLE_ADDRESS = re.compile(
@@ -294,12 +299,12 @@ def parse_priority(value: str | None) -> int:
 def _retry_limit(value: str | None) -> int | None:
     if value is None or value == "":
         return None
-    # ASCII digits only: str.isdigit() also takes "²" (int() refuses it) and "٣".
-    if not (value.isascii() and value.isdigit()) or int(value) > MAX_RETRY_COUNT:
+    count = parse_retry_count(value)
+    if count is None:
         raise IngestRejected(
             550, "5.6.0", f"Invalid X-Retry-Count header: expected 0-{MAX_RETRY_COUNT}"
         )
-    return int(value)
+    return count
 
 
 def _personalization(fields: dict[str, str]) -> dict[str, Any] | None:

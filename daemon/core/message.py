@@ -22,6 +22,17 @@ RETRYABLE_STATUSES = ("failed", "auth_error")
 
 PRIORITIES = {"high": 0, "normal": 1, "low": 2}
 PRIORITY_NAMES = {v: k for k, v in PRIORITIES.items()}
+MAX_RETRY_COUNT = 100  # the largest X-Retry-Count (a message's own retry limit)
+
+
+def parse_retry_count(text: str) -> int | None:
+    """An X-Retry-Count value, 0 to MAX_RETRY_COUNT in ASCII digits; None for anything else
+    (``str.isdigit`` also takes "²", which ``int`` refuses, and "٣", which it reads as 3)."""
+    text = text.strip()
+    if not text or len(text) > 3 or not (text.isascii() and text.isdigit()):
+        return None
+    value = int(text)
+    return value if value <= MAX_RETRY_COUNT else None
 
 
 @dataclass(frozen=True)

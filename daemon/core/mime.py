@@ -34,8 +34,8 @@ HARD_LINE = 998  # RFC 5322 "MUST"
 _B64_LINE = 57  # raw bytes per 76-character base64 line
 
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
-_DOT_ATOM = re.compile(rf"^{_ATEXT}+(?:\.{_ATEXT}+)*$")
-_PHRASE = re.compile(rf"^{_ATEXT}+(?: {_ATEXT}+)*$")
+_DOT_ATOM = re.compile(rf"^{_ATEXT}+(?:\.{_ATEXT}+)*\Z")
+_PHRASE = re.compile(rf"^{_ATEXT}+(?: {_ATEXT}+)*\Z")
 _WORDS = re.compile(r"[ \t]*[^ \t]+")
 _SPECIALS = frozenset('()<>@,:;.\\"[]')  # email.headerregistry quotes a display name with these
 _EW_PREFIX = "=?utf-8?b?"
@@ -212,7 +212,9 @@ _STRUCTURED = frozenset(
     {"sender", "reply-to", "orig-date"}
     | {f"resent-{n}" for n in ("date", "sender", "from", "to", "cc", "bcc")}
 )
-_PLAIN_MSG_ID = re.compile(r"^<[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+>$")
+_PLAIN_MSG_ID = re.compile(
+    r"^<[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+>\Z"
+)
 
 
 def _leaf(text: str, subtype: str) -> tuple[list[str], bytes]:

@@ -63,10 +63,10 @@ class EndpointLimit:
 
 
 ENDPOINT_LIMITS = (
-    EndpointLimit("POST /api/messages", "POST", re.compile(r"^/messages/?$"), 100),
-    EndpointLimit("GET /api/messages", "GET", re.compile(r"^/messages/?$"), 1000),
-    EndpointLimit("GET /api/stats/realtime", "GET", re.compile(r"^/stats/realtime/?$"), 10),
-    EndpointLimit("POST /api/admin/*", "POST", re.compile(r"^/admin(/.*)?$"), 10),
+    EndpointLimit("POST /api/messages", "POST", re.compile(r"^/messages/?\Z"), 100),
+    EndpointLimit("GET /api/messages", "GET", re.compile(r"^/messages/?\Z"), 1000),
+    EndpointLimit("GET /api/stats/realtime", "GET", re.compile(r"^/stats/realtime/?\Z"), 10),
+    EndpointLimit("POST /api/admin/*", "POST", re.compile(r"^/admin(/.*)?\Z"), 10),
 )
 
 

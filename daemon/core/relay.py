@@ -236,7 +236,7 @@ def _address_verdict(path: str, role: str) -> str | tuple[int, str, str]:
 
 # -- local delivery: the VERP bounce domain ---------------------------------------------
 
-_BOUNCE_LOCAL = re.compile(r"^bounces\+msg-[0-9A-Za-z]{26}$", re.IGNORECASE)
+_BOUNCE_LOCAL = re.compile(r"^bounces\+msg-[0-9A-Za-z]{26}\Z", re.IGNORECASE)
 
 
 def is_local(address: str, bounce_domain: str) -> bool:

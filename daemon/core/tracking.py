@@ -23,7 +23,7 @@ UNSUBSCRIBE_PATH = "/webhook/unsubscribe"
 # A 1x1 transparent GIF89a: 43 bytes.
 PIXEL_GIF = base64.b64decode("R0lGODlhAQABAIAAAP///wAAACH5BAEAAAAALAAAAAABAAEAAAICRAEAOw==")
 
-_ID = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
+_ID = re.compile(r"^[A-Za-z0-9._:-]{1,100}\Z")
 MAX_URL = 4096
 
 

@@ -14,7 +14,7 @@ import typer
 from relayctl.context import ExitCode, current, exit_with
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print the API's data object as JSON.")]
-_AGE = re.compile(r"^\s*([0-9]+)\s*([smhdw]?)\s*$", re.IGNORECASE)
+_AGE = re.compile(r"^\s*([0-9]+)\s*([smhdw]?)\s*\Z", re.IGNORECASE)
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 MAX_DAYS = 36500  # the API's bound: a century
 # The cleanup API takes whole days (older_than_days), so finer ages are refused, not rounded.

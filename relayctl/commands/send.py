@@ -67,7 +67,7 @@ STALE_HEADERS = frozenset(
     }
 )
 # What relayd accepts as a Message-ID header (daemon/core/compose.py, _MSG_ID).
-MESSAGE_ID = re.compile(r"^<[^<>\s@]+@[^<>\s@]+>$")
+MESSAGE_ID = re.compile(r"^<[^<>\s@]+@[^<>\s@]+>\Z")
 # relayd schedules at most this far ahead (daemon/api/send_request.py, MAX_SCHEDULE_AHEAD).
 MAX_SCHEDULE_AHEAD = timedelta(days=366)
 # Transfer-encoding damage that loses data (a missing "=" pad is harmless and decodes).

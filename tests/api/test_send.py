@@ -369,3 +369,26 @@ async def test_queue_full_counts_exactly_near_the_limit(
             assert_envelope(await c.post("/api/messages", json=message()), 503, "QUEUE_FULL")
     finally:
         await service.close()
+
+
+@pytest.mark.parametrize(
+    ("fields", "where"),
+    [
+        # "$" also matches before a final newline: each of these used to pass its check.
+        ({"headers": {"X-Tag\n": "v"}}, "headers.X-Tag\n"),
+        ({"headers": {"Message-ID": "<a@example.org>\n"}}, "headers.Message-ID"),
+        ({"workspace_id": "ws-a\n"}, "workspace_id"),
+        # str.isdigit() takes "²", which int() refuses; 5000 digits are past int()'s limit.
+        ({"headers": {"X-Retry-Count": "\N{SUPERSCRIPT TWO}"}}, "headers.X-Retry-Count"),
+        ({"headers": {"X-Retry-Count": "7" * 5000}}, "headers.X-Retry-Count"),
+        ({"headers": {"X-Retry-Count": "\N{ARABIC-INDIC DIGIT THREE}"}}, "headers.X-Retry-Count"),
+    ],
+)
+async def test_values_that_only_pass_a_loose_check_are_refused(
+    client: httpx.AsyncClient, service: RelayService, fields: dict[str, Any], where: str
+) -> None:
+    response = await client.post("/api/messages", json=message(**fields))
+    error = assert_envelope(response, 400, "INVALID_REQUEST")
+    assert error["details"]["field"] == where, error
+    with service.engine.connect() as conn:
+        assert conn.execute(messages.select()).first() is None

@@ -81,6 +81,7 @@ async def test_defaults_prefix_generated_domain_and_lifetime(accounts: Accounts)
         ({"type": "temporary", "domain": "evil.example"}, "domain must be one of"),
         ({"type": "temporary", "prefix": "bad prefix"}, "prefix must be 1-64"),
         ({"type": "temporary", "prefix": ".dot"}, "prefix must be 1-64"),
+        ({"type": "temporary", "prefix": "news\n"}, "prefix must be 1-64"),
         ({"type": "temporary", "prefix": 7}, "prefix must be 1-64"),
         ({"type": "persistent", "expires_at": "2030-01-01T00:00:00Z"}, "temporary addresses only"),
         ({"type": "temporary", "expires_at": "tomorrow"}, "expires_at must be an ISO 8601"),
