@@ -92,9 +92,24 @@ def xtext_encode(value: str) -> str:
     return "".join(out)
 
 
+def _text(value: str) -> str:
+    """One line of text: a reply may span lines or carry control bytes, and bytes of it
+    that were not UTF-8 arrive as lone surrogates, which no encoder takes."""
+    if not value.isascii():
+        try:
+            value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        except UnicodeEncodeError:  # a surrogate that stands for no byte
+            value = value.encode("utf-8", "replace").decode("utf-8")
+    return _CONTROL.sub(" ", value).strip()
+
+
 def _clean(value: str) -> str:
-    """One header-safe line: a reply text may span lines or carry control bytes."""
-    return _CONTROL.sub(" ", value).strip()[:_MAX_FIELD]
+    """One header-safe line of ASCII: a field of a delivery-status part is ASCII (RFC 3464),
+    so other characters are written as RFC 6533's ``\\x{HEX}``."""
+    text = _text(value)
+    if not text.isascii():
+        text = "".join(c if c.isascii() else f"\\x{{{ord(c):X}}}" for c in text)
+    return text[:_MAX_FIELD]
 
 
 def wants_report(notify: str | None, event: str = "failure") -> bool:
@@ -159,7 +174,7 @@ def _human_text(hostname: str, recipients: Sequence[ReportedRecipient]) -> str:
     lines.extend(_WORDING[_action(recipients)][1])
     lines.append("")
     for r in recipients:
-        detail = _clean(r.diagnostic) or f"status {r.status}"
+        detail = _text(r.diagnostic)[:_MAX_FIELD] or f"status {r.status}"
         lines.append(f"<{r.address}>: {detail}")
     until = [r.will_retry_until for r in recipients if r.will_retry_until is not None]
     if until:
@@ -259,7 +274,9 @@ def build_dsn(
     outer["Date"] = format_datetime(now)
     outer["Message-ID"] = f"<{message_id}@{hostname}>"
     outer["Auto-Submitted"] = "auto-replied"
-    outer.set_content(_human_text(hostname, recipients))
+    human = _human_text(hostname, recipients)
+    # A reply text may be UTF-8: quoted-printable keeps the report 7-bit for any next hop.
+    outer.set_content(human, cte="7bit" if human.isascii() else "quoted-printable")
     outer.make_mixed()
     outer.set_type("multipart/report")
     outer.set_param("report-type", "delivery-status")

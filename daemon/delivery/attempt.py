@@ -17,6 +17,7 @@ they go back with its outcome, to be queued in the same transaction.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
@@ -119,6 +120,7 @@ class Deliverer:
                 result = DeliveryResult.uniform(
                     retry.TEMPORARY, remaining, reply=f"provider error: {type(exc).__name__}: {exc}"
                 )
+            result = _storable(result)
             health.record(pid, result.outcome, result.reply)
             elapsed = int((time.monotonic() - started) * 1000)
             attempts.append(
@@ -188,9 +190,13 @@ class Deliverer:
             error = _error_text([*failures, *still_deferred])
         else:
             error = None  # what _error_text says of no failure
+        if status == "failed" and sent_via:
+            # Accepted for some recipients this round: the message went out (as a provider's
+            # own result is sent when any recipient was); the others failed one by one.
+            status = "sent"
         delayed: list[ReportedRecipient] = []
         if next_attempt_at is not None and reports.delay_due(
-            message, now, config.queue.delay_warning.seconds
+            config, message, now, config.queue.delay_warning.seconds
         ):
             until = retry.retries_end(
                 next_attempt_at,
@@ -245,7 +251,7 @@ class Deliverer:
             error = f"no provider can take the message now ({reasons}); waiting {delay:.0f}s"
             reason = f"no provider can take the message now ({why})"
         delayed: list[ReportedRecipient] = []
-        if reports.delay_due(message, now, self.config.queue.delay_warning.seconds):
+        if reports.delay_due(self.config, message, now, self.config.queue.delay_warning.seconds):
             delayed = reports.waiting(message.recipients, all_down, reason)
         notice = reports.notice(self.config, message, delayed, now)
         outcome = Outcome(
@@ -275,3 +281,27 @@ def _finished_without_recipients(message: ClaimedMessage, now: datetime) -> Outc
 def _error_text(failures: Sequence[Answer]) -> str | None:
     parts = [f"{f.recipient.address}: {f.result.reply}" for f in failures]
     return "; ".join(parts)[:2000] if parts else None
+
+
+def _utf8(text: str) -> str:
+    """``text`` as valid Unicode: reply bytes that were not UTF-8 reach us as lone
+    surrogates (decoded with surrogateescape), which neither database driver can store."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        try:
+            return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        except UnicodeEncodeError:
+            return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _storable(result: DeliveryResult) -> DeliveryResult:
+    """The result with every reply text storable (see :func:`_utf8`); usually itself."""
+    if result.reply.isascii() and all(r.reply.isascii() for r in result.recipients):
+        return result
+    return dataclasses.replace(
+        result,
+        reply=_utf8(result.reply),
+        recipients=tuple(dataclasses.replace(r, reply=_utf8(r.reply)) for r in result.recipients),
+    )

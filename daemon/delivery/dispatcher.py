@@ -79,11 +79,15 @@ class Dispatcher:
         self.delivered = 0
         self.failed = 0
         self._inflight: set[asyncio.Task[None]] = set()
+        # Messages whose delivery task is running (or waiting for its result to be
+        # written): their leases are renewed until then.
+        self._holding: dict[asyncio.Task[None], str] = {}
         # Deliveries done with their provider, waiting for their result to be written.
         self._recording: set[asyncio.Task[None]] = set()
         self._pending: list[_Pending] = []
         self._loop_task: asyncio.Task[None] | None = None
         self._flush_task: asyncio.Task[None] | None = None
+        self._renew_task: asyncio.Task[None] | None = None
         self._slot_freed = asyncio.Event()
         self._flush_wakeup = asyncio.Event()
         self._stopping = False
@@ -114,6 +118,7 @@ class Dispatcher:
         """Attach the providers to the health registry, start the claim loop and result writer."""
         await self.service.providers_state.attach(self.providers)
         self._flush_task = asyncio.create_task(self._flusher(), name="delivery-results")
+        self._renew_task = asyncio.create_task(self._renewer(), name="delivery-leases")
         self._loop_task = asyncio.create_task(self._run(), name="delivery-loop")
 
     async def stop(self, grace_seconds: float) -> None:
@@ -138,6 +143,10 @@ class Dispatcher:
             await self._flush_task
         if self._recording:  # their results are written: only the logging is left
             await asyncio.gather(*self._recording, return_exceptions=True)
+        if self._renew_task is not None:
+            self._renew_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renew_task
         now = self.service.clock()
         try:
             released = await self.service.committer.run(lambda c: queue.release(c, self.owner, now))
@@ -181,8 +190,12 @@ class Dispatcher:
                 self.service.wake.clear()
                 # A backlog is claimed at once; a trickle of new mail waits for company.
                 claimed = await self._claim(want, 0.0 if backlog else self.write_within)
+                held = set(self._holding.values())
                 for message in claimed:
-                    self._spawn(message)
+                    # Still being delivered here (its lease lapsed and came back to us):
+                    # that delivery records the result under the same owner.
+                    if message.id not in held:
+                        self._spawn(message)
                 backlog = len(claimed) == want
                 if backlog:
                     await asyncio.sleep(0)
@@ -199,6 +212,22 @@ class Dispatcher:
                 # A database outage must not kill the workers: try again shortly.
                 log.warning("delivery loop: %s", str(exc).splitlines()[0] if str(exc) else exc)
                 await asyncio.sleep(min(interval, 1.0))
+
+    async def _renewer(self) -> None:
+        """Keep the leases of the messages being delivered here, a third of a lease ahead."""
+        while True:
+            lease = timedelta(seconds=self.config.queue.lease.seconds)
+            await asyncio.sleep(max(lease.total_seconds() / 3, MIN_SLEEP))
+            ids = list(self._holding.values())
+            if not ids:
+                continue
+            renew = functools.partial(
+                queue.renew, owner=self.owner, ids=ids, now=self.service.clock(), lease=lease
+            )
+            try:
+                await self.service.committer.run(renew)
+            except Exception as exc:  # the next round tries again; the lease may lapse
+                log.warning("could not renew delivery leases: %s", exc)
 
     async def _reap(self) -> None:
         now = self.service.clock()
@@ -235,9 +264,11 @@ class Dispatcher:
     def _spawn(self, message: ClaimedMessage) -> None:
         task = asyncio.create_task(self._deliver(message), name=f"deliver-{message.id}")
         self._inflight.add(task)
+        self._holding[task] = message.id
         task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
+        self._holding.pop(task, None)
         if task in self._inflight:
             self._inflight.discard(task)
             self._slot_freed.set()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from daemon.config import Config, relay_hostname
-from daemon.core import dsn
+from daemon.core import bounces, dsn
 from daemon.core.ids import message_id, uuid4
 from daemon.core.message import ClaimedMessage, NewMessage, Recipient
 from daemon.core.retry import enhanced_code
@@ -120,12 +120,21 @@ def waiting(
     ]
 
 
-def delay_due(message: ClaimedMessage, now: datetime, warning_seconds: float) -> bool:
+def may_report(config: Config, mail_from: str) -> bool:
+    """Whether the sender of a message may get a DSN: not the null sender (a DSN never gets
+    one), and not an address at our own bounce domain: mail there is read as a bounce of
+    the message its VERP address names, so a DSN sent there would be taken for one."""
+    return dsn.may_bounce(mail_from) and not bounces.at_domain(mail_from, config.bounces.domain)
+
+
+def delay_due(
+    config: Config, message: ClaimedMessage, now: datetime, warning_seconds: float
+) -> bool:
     """Whether a message deferred now owes its delay DSN: on, not yet sent, waited long enough.
 
     The wait counts from when the message was due (its send_at, if scheduled).
     """
-    if warning_seconds <= 0 or message.dsn_delayed or not dsn.may_bounce(message.mail_from):
+    if warning_seconds <= 0 or message.dsn_delayed or not may_report(config, message.mail_from):
         return False
     since = message.queued_at
     if message.send_at is not None and message.send_at > since:
@@ -152,8 +161,8 @@ def notice(
     now: datetime,
 ) -> NewMessage | None:
     """The DSN to the sender reporting ``reported``; None with nothing to report or no one
-    to tell (the null sender)."""
-    if not reported or not dsn.may_bounce(message.mail_from):
+    to tell (see :func:`may_report`)."""
+    if not reported or not may_report(config, message.mail_from):
         return None
     hostname = relay_hostname(config)
     report_id = message_id(int(now.timestamp() * 1000))

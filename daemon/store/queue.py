@@ -7,6 +7,7 @@ where the per-message ones go through :mod:`daemon.store.direct` (compiled once)
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -279,8 +280,11 @@ _UPDATE_OUTCOME = Direct(
         updated_at=sa.bindparam("b_processed_at"),
         retry_count=sa.bindparam("b_retry_count"),
         next_attempt_at=sa.bindparam("b_next_attempt_at"),
-        provider=sa.bindparam("b_provider"),
-        provider_message_id=sa.bindparam("b_provider_message_id"),
+        # A round without a sending provider keeps the one an earlier round sent through.
+        provider=sa.func.coalesce(sa.bindparam("b_provider"), messages.c.provider),
+        provider_message_id=sa.func.coalesce(
+            sa.bindparam("b_provider_message_id"), messages.c.provider_message_id
+        ),
         error=sa.bindparam("b_error"),
         lease_owner=None,
         lease_until=None,
@@ -323,6 +327,39 @@ def _leases_statement(dialect: str) -> Any:
 _LEASES = Direct(_leases_statement, results=_LEASE_COLUMNS)
 
 
+def _keep_earlier_deliveries(
+    conn: Connection, applied: list[tuple[Outcome, str, str | None]]
+) -> list[tuple[Outcome, str, str | None]]:
+    """A message that fails for good after an earlier round delivered to some of its
+    recipients stays ``sent``, through the provider that sent it: its status must not
+    depend on whether those recipients were accepted in the same round as the failures."""
+    failed = [o.message_id for o, _, _ in applied if o.status == "failed"]
+    if not failed:
+        return applied
+    delivered = set(
+        conn.execute(
+            sa.select(message_recipients.c.message_id)
+            .where(
+                message_recipients.c.message_id.in_(failed),
+                message_recipients.c.status == "sent",
+            )
+            .distinct()
+        ).scalars()
+    )
+    if not delivered:
+        return applied
+    return [
+        (
+            dataclasses.replace(o, status="sent", provider=None, provider_message_id=None)
+            if o.message_id in delivered
+            else o,
+            workspace_id,
+            campaign_id,
+        )
+        for o, workspace_id, campaign_id in applied
+    ]
+
+
 def apply_outcomes(conn: Connection, outcomes: Sequence[Outcome]) -> int:
     """Record delivery results; a result whose lease was lost to another worker is dropped.
 
@@ -342,6 +379,7 @@ def apply_outcomes(conn: Connection, outcomes: Sequence[Outcome]) -> int:
     ]
     if not applied:
         return 0
+    applied = _keep_earlier_deliveries(conn, applied)
     _UPDATE_OUTCOME.executemany(
         conn,
         [
@@ -396,6 +434,28 @@ def release(conn: Connection, owner: str, now: datetime) -> int:
             messages.update()
             .where(messages.c.status == "processing", messages.c.lease_owner == owner)
             .values(status="queued", lease_owner=None, lease_until=None, updated_at=now)
+        ).rowcount
+    )
+
+
+def renew(conn: Connection, owner: str, ids: Sequence[str], now: datetime, lease: timedelta) -> int:
+    """Extend ``owner``'s lease on the messages ``ids`` it is still delivering.
+
+    A delivery may outlast one lease (slow upstreams, failover through several
+    providers): without renewal another worker would reap and deliver it again
+    while the first is still sending. Returns how many leases were still held.
+    """
+    if not ids:
+        return 0
+    return int(
+        conn.execute(
+            messages.update()
+            .where(
+                messages.c.id.in_(list(ids)),
+                messages.c.status == "processing",
+                messages.c.lease_owner == owner,
+            )
+            .values(lease_until=now + lease)
         ).rowcount
     )
 
