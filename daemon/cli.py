@@ -6,15 +6,17 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
+import tempfile
 from pathlib import Path
+from types import FrameType
 from typing import Any
-
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
 
 from daemon import __version__
 from daemon.config import Config, ConfigError, load_config, parse_assignment
+
+log = logging.getLogger("relayd")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
         choices=["run", "check-config", "migrate", "version"],
         help="run (default), check-config, migrate or version",
     )
+    parser.add_argument("--version", action="version", version=f"relayd {__version__}")
     parser.add_argument("-c", "--config", type=Path, help="TOML configuration file")
     parser.add_argument("--data-dir", help="data directory (default ./relay-data)")
     parser.add_argument("--smtp-port", help="SMTP (STARTTLS) port")
@@ -82,11 +85,57 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
-def _check(config: Config) -> None:
-    """Validation that needs the filesystem: the TLS files load, the data dir is writable."""
-    from daemon.tls import ensure_certificate, server_ssl_context
+def _writable_directory(key: str, path: Path) -> None:
+    """``path`` is (or can be made) a directory relayd can write in; else ConfigError(key)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(key, f"{str(path)!r} exists and is not a directory") from None
+    except OSError as exc:
+        raise ConfigError(key, f"cannot create directory {str(path)!r}: {exc.strerror}") from None
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise ConfigError(key, f"cannot write in {str(path)!r}: {exc.strerror}") from None
 
-    server_ssl_context(*ensure_certificate(config))
+
+def _check_storage(config: Config) -> None:
+    """The directories the database (and, for ``run``, the daemon) will write in."""
+    from sqlalchemy.engine import make_url
+
+    if not config.database.url:
+        _writable_directory("data_dir", config.data_path)
+        return
+    url = make_url(config.database.url)
+    if url.get_backend_name() == "sqlite" and url.database:
+        _writable_directory("database.url", Path(url.database).parent)
+
+
+def _check(config: Config) -> list[str]:
+    """Validation that needs the filesystem: the data dir is writable, the TLS files load.
+
+    Returns warnings: things that do not stop relayd but that an operator should hear.
+    """
+    from daemon.tls import certificate_warnings, ensure_certificate, server_ssl_context
+
+    _writable_directory("data_dir", config.data_path)
+    _check_storage(config)
+    cert, key = ensure_certificate(config)
+    server_ssl_context(cert, key)
+    return certificate_warnings(cert) if config.smtp.tls_cert else []
+
+
+def _os_problem(exc: OSError) -> str:
+    """An OSError as one line without the ``[Errno N]`` prefix."""
+    if not exc.strerror:
+        return str(exc)
+    return f"{exc.strerror}: {exc.filename!r}" if exc.filename else exc.strerror
+
+
+def _exit_quietly(signum: int, _frame: FrameType | None) -> None:
+    """SIGTERM/SIGINT before the event loop owns the signals: nothing to drain yet."""
+    raise SystemExit(0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,23 +143,37 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "version":
         print(f"relayd {__version__}")
         return 0
+    if args.command == "run":
+        # Until Server.run installs its handlers, a stop request has nothing to drain:
+        # exit 0 as after a drain, not 143 from the default action (systemd stop, ^C).
+        signal.signal(signal.SIGTERM, _exit_quietly)
+        signal.signal(signal.SIGINT, _exit_quietly)
 
     def build() -> Config:
         return load_config(args.config, os.environ, _flags(args))
 
     try:
         config = build()
+        warnings: list[str] = []
         if args.command in ("run", "check-config"):
-            _check(config)
+            warnings = _check(config)
+        elif args.command == "migrate":
+            _check_storage(config)
     except ConfigError as exc:
         return _fail(f"configuration error: {exc}", 2)
     except OSError as exc:
-        return _fail(f"configuration error: {exc}", 2)
+        return _fail(f"configuration error: {_os_problem(exc)}", 2)
     setup_logging(config.log_level)
+    for warning in warnings:
+        log.warning("%s", warning)
 
     if args.command == "check-config":
         print(f"configuration ok ({args.config or 'built-in defaults'})")
         return 0
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from daemon.store.migrate import MigrationError
+
     if args.command == "migrate":
         from daemon.store.engine import make_engine
         from daemon.store.migrate import upgrade
@@ -119,30 +182,45 @@ def main(argv: list[str] | None = None) -> int:
             before, after = upgrade(make_engine(config.database_url))
         except SQLAlchemyError as exc:
             return _fail(f"migration failed: {_database_problem(config, exc)}", 1)
+        except MigrationError as exc:
+            return _fail(f"migration failed: {exc}", 1)
+        except OSError as exc:
+            return _fail(f"migration failed: {_os_problem(exc)}", 1)
         print(f"database at {after} (was {before or 'empty'})")
         return 0
 
     from daemon.server import Server
+
+    def reload() -> Config:
+        """SIGHUP: the file, environment and flags again, checked as at start."""
+        config = build()
+        for warning in _check(config):
+            log.warning("%s", warning)
+        return config
 
     # The store's writer thread hands every commit back to the event loop; a short
     # switch interval stops it waiting 5 ms for the GIL each time (+20-27% ingest).
     sys.setswitchinterval(0.001)
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            runner.run(Server(config, reload=build).run())
+            runner.run(Server(config, reload=reload).run())
     except ConfigError as exc:
         return _fail(f"configuration error: {exc}", 2)
     except SQLAlchemyError as exc:
         return _fail(f"cannot start: {_database_problem(config, exc)}", 1)
-    except OSError as exc:
+    except MigrationError as exc:
         return _fail(f"cannot start: {exc}", 1)
+    except OSError as exc:
+        return _fail(f"cannot start: {_os_problem(exc)}", 1)
     except KeyboardInterrupt:
         return 0
     return 0
 
 
-def _database_problem(config: Config, exc: SQLAlchemyError) -> str:
+def _database_problem(config: Config, exc: Exception) -> str:
     """One line naming the database (password hidden) and the driver's first complaint."""
+    from sqlalchemy.engine import make_url
+
     url = make_url(config.database_url).render_as_string(hide_password=True)
     reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
     return f"database {url}: {reason}"

@@ -8,6 +8,7 @@ environment mapping, ``relayd check-config`` and the test that compares
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import ipaddress
 import os
@@ -33,6 +34,24 @@ class ConfigError(Exception):
         super().__init__(f"{key}: {problem}")
         self.key = key
         self.problem = problem
+
+
+def _did_you_mean(name: str, known: typing.Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for a near miss, else nothing."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.7)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _address(value: str) -> None:
+    if not value.strip():
+        raise ValueError(
+            "is empty; use 127.0.0.1 for this machine only, or 0.0.0.0 / :: for every interface"
+        )
+
+
+def _non_empty(value: str) -> None:
+    if not value.strip():
+        raise ValueError("must not be empty")
 
 
 def _port(value: int) -> None:
@@ -130,7 +149,7 @@ def setting(default: Any, doc: str, check: typing.Callable[[Any], None] | None =
 
 @dataclass(frozen=True)
 class SmtpConfig:
-    host: str = setting("127.0.0.1", "address the SMTP listeners bind to")
+    host: str = setting("127.0.0.1", "address the SMTP listeners bind to", _address)
     port: int = setting(2525, "SMTP port with STARTTLS", _port)
     tls_port: int = setting(2526, "SMTP port with implicit TLS (SMTPS); 0 picks one", _port)
     hostname: str = setting("", "name announced in the greeting; empty: the machine's FQDN")
@@ -158,7 +177,7 @@ class SmtpConfig:
 
 @dataclass(frozen=True)
 class HttpConfig:
-    host: str = setting("127.0.0.1", "address the HTTP API binds to")
+    host: str = setting("127.0.0.1", "address the HTTP API binds to", _address)
     port: int = setting(8080, "HTTP API port", _port)
     metrics_networks: list[str] = setting(
         ["127.0.0.0/8", "::1/128"], "clients that may read /metrics without a token", _networks
@@ -456,7 +475,9 @@ class Config:
     """The daemon's whole configuration. Build it with :func:`load_config`."""
 
     data_dir: str = setting(
-        "./relay-data", "where the SQLite database, outbox, token and certificate live"
+        "./relay-data",
+        "where the SQLite database, outbox, token and certificate live",
+        _non_empty,
     )
     log_level: str = setting(
         "info", "debug, info, warning or error", _choice("debug", "info", "warning", "error")
@@ -540,7 +561,8 @@ def coerce(key: str, kind: Any, value: Any, from_text: bool = False) -> ConfigVa
         elif kind is int:
             if isinstance(value, int) and not isinstance(value, bool):
                 return _int64(value)
-            if from_text and isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            digits = value.strip().removeprefix("-") if isinstance(value, str) else ""
+            if from_text and digits.isascii() and digits.isdigit():
                 return _int64(int(value))
         elif kind is float:
             if isinstance(value, int | float) and not isinstance(value, bool):
@@ -624,10 +646,18 @@ def env_layer(env: Mapping[str, str], provider_ids: typing.Iterable[str] = ()) -
         if name in env:
             layer[key] = env[name]
     for section, kind in SECTIONS.items():
-        for fname in _field_kinds(kind):
+        fields = _field_kinds(kind)
+        for fname in fields:
             name = f"RELAY_{section.upper()}_{fname.upper()}"
             if name in env:
                 layer.setdefault(section, {})[fname] = env[name]
+        # A misspelt variable would otherwise be ignored without a word (a security
+        # setting such as RELAY_SMTP_REQUIRE_AUTH silently left at its default).
+        prefix = f"RELAY_{section.upper()}_"
+        for name in env:
+            if name.startswith(prefix) and name[len(prefix) :].lower() not in fields:
+                suggestion = _did_you_mean(name, [f"{prefix}{f.upper()}" for f in fields])
+                raise ConfigError(name, f"unknown setting in [{section}]{suggestion}")
     known = {
         **PROVIDER_COMMON_KEYS,
         **{k: v for keys in PROVIDER_KEYS.values() for k, v in keys.items()},
@@ -645,12 +675,24 @@ def env_layer(env: Mapping[str, str], provider_ids: typing.Iterable[str] = ()) -
 def read_toml(path: Path) -> Layer:
     """Read a TOML config file, turning any failure into a one-line ConfigError."""
     try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError("--config", f"file {str(path)!r} does not exist") from None
     except PermissionError:
         raise ConfigError("--config", f"cannot read {str(path)!r}: permission denied") from None
+    except IsADirectoryError:
+        raise ConfigError("--config", f"{str(path)!r} is a directory, not a file") from None
+    except OSError as exc:
+        raise ConfigError("--config", f"cannot read {str(path)!r}: {exc.strerror}") from None
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            "--config", f"{path} is not valid TOML: not UTF-8 text (line {line})"
+        ) from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from None
 
@@ -674,7 +716,10 @@ def _build_provider(pid: str, raw: Mapping[str, Any], from_text: set[str]) -> Pr
         elif key in allowed:
             options[key] = coerce(dotted, allowed[key], value, textual)
         else:
-            raise ConfigError(dotted, f"unknown setting for a {ptype} provider")
+            known = [*PROVIDER_COMMON_KEYS, *allowed]
+            raise ConfigError(
+                dotted, f"unknown setting for a {ptype} provider{_did_you_mean(key, known)}"
+            )
     for key in ("priority", "weight", "rate_limit", "rate_limit_per_second"):
         if common.get(key, 0) < 0:
             raise ConfigError(f"providers.{pid}.{key}", "cannot be negative")
@@ -721,7 +766,9 @@ def build_config(layers: typing.Sequence[tuple[str, Layer]]) -> Config:
             for name, raw in value.items():
                 dotted = f"{key}.{name}"
                 if name not in kinds:
-                    raise ConfigError(dotted, f"unknown setting in [{key}]")
+                    raise ConfigError(
+                        dotted, f"unknown setting in [{key}]{_did_you_mean(name, kinds)}"
+                    )
                 values[name] = coerce(dotted, kinds[name], raw, dotted in textual)
                 _check(dotted, section, name, values[name])
             kwargs[key] = section(**values)
@@ -731,7 +778,8 @@ def build_config(layers: typing.Sequence[tuple[str, Layer]]) -> Config:
                 providers = _default_providers()
             kwargs["providers"] = types.MappingProxyType(providers)
         else:
-            raise ConfigError(key, "unknown setting")
+            known = [*TOP_LEVEL_KEYS, *SECTIONS, "providers"]
+            raise ConfigError(key, f"unknown setting or section{_did_you_mean(key, known)}")
     smtp: SmtpConfig = kwargs.get("smtp", SmtpConfig())
     if bool(smtp.tls_cert) != bool(smtp.tls_key):
         raise ConfigError(
@@ -762,9 +810,12 @@ def load_config(
     """Build the Config: defaults < TOML file < environment < flags < runtime changes."""
     env = os.environ if env is None else env
     file_layer = read_toml(path) if path is not None else {}
-    provider_ids = list(file_layer.get("providers", {}) or {}) + list(
-        (runtime or {}).get("providers", {})
-    )
+    provider_ids = [
+        pid
+        for layer in (file_layer, runtime or {})
+        if isinstance(layer.get("providers"), Mapping)
+        for pid in layer["providers"]
+    ]
     layers: list[tuple[str, Layer]] = [("file", file_layer), ("env", env_layer(env, provider_ids))]
     if flags:
         layers.append(("flag", flags))
@@ -776,9 +827,9 @@ def load_config(
 def parse_assignment(text: str) -> Layer:
     """Turn ``section.key=value`` (a ``--set`` flag) into a layer."""
     key, sep, value = text.partition("=")
-    if not sep:
-        raise ConfigError(text, "expected section.key=value")
     parts = key.strip().split(".")
+    if not sep or not all(part.strip() for part in parts):
+        raise ConfigError(text, "expected section.key=value")
     layer: Layer = {}
     node = layer
     for part in parts[:-1]:

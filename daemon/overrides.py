@@ -33,6 +33,7 @@ RESTART_KEYS = frozenset(
         "smtp.timeout",
         "smtp.tls_cert",
         "smtp.tls_key",
+        "smtp.workers",  # the worker pool is sized at start-up
         "http.host",
         "http.port",
         "database.url",

@@ -19,11 +19,11 @@ from pathlib import Path
 import uvicorn
 
 from daemon.api.app import create_app
-from daemon.config import Config
+from daemon.config import Config, ConfigError
 from daemon.delivery.dispatcher import SHARED_WRITER_DELAY, Dispatcher
 from daemon.delivery.webhooks import WebhookSender
 from daemon.jobs import Jobs
-from daemon.overrides import apply_runtime, restore
+from daemon.overrides import apply_runtime, changed, needs_restart, restore
 from daemon.providers import build_providers
 from daemon.service import RelayService
 from daemon.smtp.listener import SmtpListeners
@@ -64,6 +64,9 @@ def _bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+    except socket.gaierror as exc:
+        sock.close()
+        raise ConfigError("http.host", f"cannot resolve {host!r}: {exc.strerror}") from None
     except OSError as exc:
         sock.close()
         raise OSError(exc.errno, f"HTTP cannot listen on {host}:{port}: {exc.strerror}") from None
@@ -148,7 +151,11 @@ class Server:
             self.smtp = WorkerPool(config, self.service, str(cert), str(key), config.smtp.workers)
         else:
             self.smtp = SmtpListeners(config, self.service, server_ssl_context(cert, key))
-        await self.smtp.start()
+        try:
+            await self.smtp.start()
+        except socket.gaierror as exc:
+            host = config.smtp.host
+            raise ConfigError("smtp.host", f"cannot resolve {host!r}: {exc.strerror}") from None
         await self._start_http()
         self.service.engagement.public_url = self.base_url
         self.webhooks = WebhookSender(self.service)
@@ -194,28 +201,16 @@ class Server:
         except Exception as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
             return
-        restart = [
-            key
-            for key, old, new in (
-                (
-                    "smtp.host/port",
-                    (self.config.smtp.host, self.config.smtp.port),
-                    (config.smtp.host, config.smtp.port),
-                ),
-                ("smtp.tls_port", self.config.smtp.tls_port, config.smtp.tls_port),
-                ("smtp.workers", self.config.smtp.workers, config.smtp.workers),
-                ("http", self.config.http, config.http),
-                ("database.url", self.config.database_url, config.database_url),
-                ("providers", self.config.providers, config.providers),
-            )
-            if old != new
-        ]
+        # The same classification as PUT /api/admin/config, so both name the same keys.
+        keys = changed(self.config, config)
+        restart = needs_restart(keys, self.config)
         self.config = config
         self.service.base_config = base
         self.service.reconfigure(config)
         logging.getLogger().setLevel(config.log_level.upper())
         log.info(
-            "configuration reloaded%s",
+            "configuration reloaded: %s%s",
+            f"changed {', '.join(keys)}" if keys else "nothing changed",
             f"; restart needed for {', '.join(restart)}" if restart else "",
         )
 

@@ -117,12 +117,38 @@ def ensure_certificate(config: Config, now: datetime | None = None) -> tuple[Pat
     return cert, key
 
 
+def _no_passphrase() -> bytes:
+    # Without a callback OpenSSL asks for the passphrase on the terminal, and a
+    # daemon would hang at start (or read a line from whatever stdin is).
+    raise ConfigError(
+        "smtp.tls_key",
+        "the private key is encrypted with a passphrase; relayd needs an unencrypted key"
+        " (e.g. openssl pkey -in KEY -out KEY.plain), readable by relayd only (mode 0600)",
+    )
+
+
+def certificate_warnings(cert: Path, now: datetime | None = None) -> list[str]:
+    """What an operator should hear about a configured certificate that still loads."""
+    try:
+        parsed = x509.load_pem_x509_certificate(cert.read_bytes())
+    except (OSError, ValueError):
+        return []
+    now = now or datetime.now(UTC)
+    if parsed.not_valid_after_utc <= now:
+        expired = parsed.not_valid_after_utc.date().isoformat()
+        return [f"smtp.tls_cert: certificate {str(cert)!r} expired on {expired}"]
+    if parsed.not_valid_before_utc > now:
+        start = parsed.not_valid_before_utc.date().isoformat()
+        return [f"smtp.tls_cert: certificate {str(cert)!r} is not valid before {start}"]
+    return []
+
+
 def server_ssl_context(cert: Path, key: Path) -> ssl.SSLContext:
     """A server-side context (TLS 1.2+) for ``cert``/``key``; bad files raise ConfigError."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
-        context.load_cert_chain(str(cert), str(key))
+        context.load_cert_chain(str(cert), str(key), password=_no_passphrase)
     except FileNotFoundError as exc:
         raise ConfigError("smtp.tls_cert", f"file {exc.filename!r} does not exist") from None
     except PermissionError as exc:

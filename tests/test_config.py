@@ -186,3 +186,62 @@ def test_a_bad_database_url_does_not_echo_its_password(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, '[database]\nurl = "postgresql://u:s3cret@h/db"\n'), {})
     assert "s3cret" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "key", "fragment"),
+    [
+        ("[queue]\nmax_retry = 1\n", {}, "queue.max_retry", "did you mean 'max_retries'"),
+        ("[smpt]\nport = 2525\n", {}, "smpt", "did you mean 'smtp'"),
+        (
+            '[providers.x]\ntype = "smtp"\nhost = "h"\npasword = "p"\n',
+            {},
+            "providers.x.pasword",
+            "did you mean 'password'",
+        ),
+        # A misspelt variable was ignored: require_auth silently stayed off.
+        (
+            "",
+            {"RELAY_SMTP_REQUIRE_AUHT": "true"},
+            "RELAY_SMTP_REQUIRE_AUHT",
+            "did you mean 'RELAY_SMTP_REQUIRE_AUTH'",
+        ),
+        ("", {"RELAY_QUEUE_BOGUS": "1"}, "RELAY_QUEUE_BOGUS", "unknown setting in [queue]"),
+        # An empty host bound every interface (SMTP on IPv4 and IPv6, HTTP on IPv4 only).
+        ('[smtp]\nhost = ""\n', {}, "smtp.host", "0.0.0.0"),
+        ("", {"RELAY_HTTP_HOST": ""}, "http.host", "0.0.0.0"),
+        ('data_dir = ""\n', {}, "data_dir", "must not be empty"),
+        # int("²") raised with Python's own wording; int("٣") was taken as 3.
+        ("", {"RELAY_QUEUE_BATCH_SIZE": "²"}, "queue.batch_size", "expected an integer"),
+        ("", {"RELAY_QUEUE_BATCH_SIZE": "٣"}, "queue.batch_size", "expected an integer"),
+        ("providers = 1\n", {}, "providers", "table of provider tables"),
+    ],
+)
+def test_operator_mistakes_are_one_line_naming_the_key(
+    tmp_path: Path, toml: str, env: dict[str, str], key: str, fragment: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, toml), env)
+    assert info.value.key == key
+    assert fragment in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_other_relay_variables_are_left_alone(tmp_path: Path) -> None:
+    env = {"RELAY_URL": "http://x", "RELAY_TOKEN": "t", "RELAY_LOOP": "asyncio", "RELAY_FOO": "1"}
+    assert load_config(write(tmp_path, ""), env).queue.batch_size == 50
+
+
+def test_config_files_that_are_not_toml_text(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b'[smtp]\nhostname = "caf\xe9"\n')
+    with pytest.raises(ConfigError, match=r"not UTF-8 text \(line 2\)"):
+        load_config(path, {})
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config(tmp_path, {})
+
+
+def test_set_needs_a_key_on_both_sides_of_the_dot() -> None:
+    for text in ("=1", ".=1", "queue.=1", ".batch_size=1"):
+        with pytest.raises(ConfigError, match=r"expected section\.key=value"):
+            parse_assignment(text)

@@ -14,7 +14,12 @@ import pytest
 from cryptography import x509
 
 from daemon.config import ConfigError
-from daemon.tls import ensure_certificate, generate_self_signed, server_ssl_context
+from daemon.tls import (
+    certificate_warnings,
+    ensure_certificate,
+    generate_self_signed,
+    server_ssl_context,
+)
 
 NOW = datetime(2025, 6, 1, tzinfo=UTC)
 
@@ -88,3 +93,30 @@ def test_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         server_ssl_context(tmp_path / "absent.crt", tmp_path / "absent.key")
     assert "does not exist" in info.value.problem
+
+
+def test_encrypted_key_is_refused_without_asking_for_a_passphrase(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    generate_self_signed(tmp_path / "c.pem", tmp_path / "plain.pem", "relay.test", NOW)
+    key = serialization.load_pem_private_key((tmp_path / "plain.pem").read_bytes(), None)
+    (tmp_path / "k.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
+    # Without a passphrase callback OpenSSL prompts on the terminal (a daemon hangs).
+    with pytest.raises(ConfigError) as info:
+        server_ssl_context(tmp_path / "c.pem", tmp_path / "k.pem")
+    assert info.value.key == "smtp.tls_key"
+    assert "encrypted" in str(info.value)
+
+
+def test_expired_certificate_is_a_warning(tmp_path: Path) -> None:
+    generate_self_signed(tmp_path / "c.pem", tmp_path / "k.pem", "relay.test", NOW)
+    assert certificate_warnings(tmp_path / "c.pem", NOW) == []
+    later = NOW + timedelta(days=3651)
+    (warning,) = certificate_warnings(tmp_path / "c.pem", later)
+    assert warning.startswith("smtp.tls_cert:") and "expired on" in warning

@@ -9,11 +9,16 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 from sqlalchemy.engine import Engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # Serialises concurrent daemons migrating one PostgreSQL database.
 _PG_LOCK_KEY = 0x52454C4159
+
+
+class MigrationError(Exception):
+    """The database's schema cannot be brought to this version's (one line, for the operator)."""
 
 
 def alembic_config() -> AlembicConfig:
@@ -38,6 +43,13 @@ def current_revision(engine: Engine) -> str | None:
         return _current(conn)
 
 
+def _known(script: ScriptDirectory, revision: str) -> bool:
+    try:
+        return script.get_revision(revision) is not None
+    except CommandError:
+        return False
+
+
 def upgrade(engine: Engine) -> tuple[str | None, str | None]:
     """Bring the schema to every head; returns (revisions before, revisions after)."""
     cfg = alembic_config()
@@ -45,6 +57,14 @@ def upgrade(engine: Engine) -> tuple[str | None, str | None]:
         if conn.dialect.name == "postgresql":
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
         before = _current(conn)
+        script = ScriptDirectory.from_config(cfg)
+        unknown = [rev for rev in (before or "").split(",") if rev and not _known(script, rev)]
+        if unknown:
+            raise MigrationError(
+                f"the database is at schema revision {', '.join(unknown)}, which this relayd"
+                " does not know: a newer relayd has migrated it; run that version (or restore"
+                " a backup taken before the upgrade)"
+            )
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "heads")
         after = _current(conn)
