@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from daemon.core.message import CANCELLABLE_STATUSES, RETRYABLE_STATUSES
+from daemon.core.message import CANCELLABLE_STATUSES
 from daemon.store import counters
 from daemon.store.models import (
     delivery_attempts,
@@ -25,7 +25,7 @@ from daemon.store.models import (
     messages,
     settings,
 )
-from daemon.store.queue import RETRIED_RECIPIENT_STATUSES
+from daemon.store.queue import requeue
 
 BATCH = 500
 RUNTIME_CONFIG_KEY = "config.runtime"
@@ -137,41 +137,7 @@ def retry_batch(conn: Connection, ids: Sequence[str], now: datetime) -> list[str
     (deferred) ones by making them due at once. Returns the ids actually changed."""
     if not ids:
         return []
-    requeued = conn.execute(
-        messages.update()
-        .where(messages.c.id.in_(ids), messages.c.status.in_(RETRYABLE_STATUSES))
-        .values(
-            status="queued",
-            retry_count=messages.c.retry_count + 1,
-            next_attempt_at=now,
-            error=None,
-            updated_at=now,
-        )
-        .returning(messages.c.id, messages.c.workspace_id, messages.c.campaign_id)
-    ).all()
-    failed = [r.id for r in requeued]
-    if failed:
-        # As a single retry does: the campaign has these messages pending again, and
-        # their recipients' earlier failures no longer count (daemon.store.counters).
-        failures = counters.failed_recipients(conn, [r.id for r in requeued if r.campaign_id])
-        for (workspace_id, campaign_id), rows in _by_campaign(requeued).items():
-            counters.on_pending_changed(
-                conn,
-                workspace_id,
-                campaign_id,
-                len(rows),
-                now,
-                sum(failures.get(r.id, 0) for r in rows),
-            )
-        conn.execute(
-            message_recipients.update()
-            .where(
-                message_recipients.c.message_id.in_(failed),
-                # Suppressed ones too: delivery checks their suppression afresh.
-                message_recipients.c.status.in_(RETRIED_RECIPIENT_STATUSES),
-            )
-            .values(status="pending", error=None)
-        )
+    failed = [r.id for r in requeue(conn, [messages.c.id.in_(ids)], now)]
     deferred = list(
         conn.execute(
             messages.update()
@@ -197,18 +163,9 @@ def cancel_batch(conn: Connection, ids: Sequence[str], now: datetime) -> list[st
         .values(status="cancelled", updated_at=now, processed_at=now)
         .returning(messages.c.id, messages.c.workspace_id, messages.c.campaign_id)
     ).all()
-    for (workspace_id, campaign_id), rows in _by_campaign(cancelled).items():
+    for (workspace_id, campaign_id), rows in counters.by_campaign(cancelled).items():
         counters.on_pending_changed(conn, workspace_id, campaign_id, -len(rows), now)
     return sorted(r.id for r in cancelled)
-
-
-def _by_campaign(rows: Sequence[Any]) -> dict[tuple[str, str], list[Any]]:
-    """Message rows (id, workspace_id, campaign_id) of campaigns, grouped by campaign."""
-    groups: dict[tuple[str, str], list[Any]] = {}
-    for row in rows:
-        if row.campaign_id is not None:
-            groups.setdefault((row.workspace_id, row.campaign_id), []).append(row)
-    return groups
 
 
 # -- cleanup -----------------------------------------------------------------------------

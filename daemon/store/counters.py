@@ -141,6 +141,15 @@ def on_outcomes(conn: Connection, applied: Sequence[tuple[Outcome, str, str | No
         )
 
 
+def by_campaign(rows: Sequence[Any]) -> dict[tuple[str, str], list[Any]]:
+    """Message rows (with workspace_id and campaign_id) of campaigns, grouped by campaign."""
+    groups: dict[tuple[str, str], list[Any]] = {}
+    for row in rows:
+        if row.campaign_id is not None:
+            groups.setdefault((row.workspace_id, row.campaign_id), []).append(row)
+    return groups
+
+
 def on_pending_changed(
     conn: Connection,
     workspace_id: str,

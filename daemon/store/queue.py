@@ -572,9 +572,25 @@ def retry(
         return None
     if current.status in RETRYABLE_STATUSES:
         _refuse_if_all_suppressed(conn, message_id, current.workspace_id, current.status)
-    row = conn.execute(
+    requeued = requeue(conn, cond, now)
+    if requeued:
+        (row,) = requeued
+        return {"message_id": row.id, "status": row.status, "retry_count": row.retry_count}
+    status = conn.execute(sa.select(messages.c.status).where(*cond)).scalar()
+    if status is None:
+        return None
+    raise InvalidState(status)
+
+
+def requeue(conn: Connection, where: Sequence[sa.ColumnElement[bool]], now: datetime) -> list[Any]:
+    """Queue the failed or auth_error messages matching ``where`` again, due now, as a
+    retry does: one more retry counted, their campaigns have them pending again (their
+    recipients' earlier failures no longer count), and their failed, auth_error and
+    suppressed recipients are pending (delivery checks suppression afresh). Returns
+    the requeued rows (id, status, retry_count, workspace_id, campaign_id)."""
+    rows = conn.execute(
         messages.update()
-        .where(*cond, messages.c.status.in_(RETRYABLE_STATUSES))
+        .where(*where, messages.c.status.in_(RETRYABLE_STATUSES))
         .values(
             status="queued",
             retry_count=messages.c.retry_count + 1,
@@ -589,25 +605,22 @@ def retry(
             messages.c.workspace_id,
             messages.c.campaign_id,
         )
-    ).first()
-    if row is not None:
-        failures = counters.failed_recipients(conn, [message_id]) if row.campaign_id else {}
-        counters.on_pending_changed(
-            conn, row.workspace_id, row.campaign_id, 1, now, failures.get(message_id, 0)
+    ).all()
+    if not rows:
+        return []
+    failures = counters.failed_recipients(conn, [r.id for r in rows if r.campaign_id])
+    for (workspace_id, campaign_id), group in counters.by_campaign(rows).items():
+        retried = sum(failures.get(r.id, 0) for r in group)
+        counters.on_pending_changed(conn, workspace_id, campaign_id, len(group), now, retried)
+    conn.execute(
+        message_recipients.update()
+        .where(
+            message_recipients.c.message_id.in_([r.id for r in rows]),
+            message_recipients.c.status.in_(RETRIED_RECIPIENT_STATUSES),
         )
-        conn.execute(
-            message_recipients.update()
-            .where(
-                message_recipients.c.message_id == message_id,
-                message_recipients.c.status.in_(RETRIED_RECIPIENT_STATUSES),
-            )
-            .values(status="pending", error=None)
-        )
-        return {"message_id": row.id, "status": row.status, "retry_count": row.retry_count}
-    status = conn.execute(sa.select(messages.c.status).where(*cond)).scalar()
-    if status is None:
-        return None
-    raise InvalidState(status)
+        .values(status="pending", error=None)
+    )
+    return list(rows)
 
 
 @dataclass(frozen=True)
