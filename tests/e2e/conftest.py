@@ -157,3 +157,16 @@ def daemon_factory(tmp_path: Path) -> Iterator[type[Daemon]]:
         if d.proc is not None and d.proc.poll() is None:
             d.proc.kill()
             d.proc.wait(10)
+
+
+def relayd(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The installed ``relayd`` run once to completion (check-config, migrate, a refusal)."""
+    return subprocess.run(
+        [str(BIN / "relayd"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin"},
+        stdin=subprocess.DEVNULL,
+    )

@@ -14,23 +14,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from daemon.tls import generate_self_signed
-from tests.e2e.conftest import BIN, Daemon
+from tests.e2e.conftest import BIN, Daemon, relayd
 
 pytestmark = pytest.mark.e2e
-
-
-def relayd(
-    *args: str, cwd: Path, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / "relayd"), *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"PATH": "/usr/bin:/bin", **(env or {})},
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def one_line(result: subprocess.CompletedProcess[str]) -> str:

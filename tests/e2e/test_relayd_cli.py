@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from daemon.store.migrate import head_revision
-from tests.e2e.conftest import BIN, Daemon
+from tests.e2e.conftest import Daemon, relayd
 
 pytestmark = pytest.mark.e2e
-
-
-def relayd(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / "relayd"), *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"PATH": "/usr/bin:/bin"},
-    )
 
 
 @pytest.mark.parametrize(
