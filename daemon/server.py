@@ -215,7 +215,11 @@ class Server:
         )
 
     async def stop(self) -> None:
-        """Stop accepting, drain deliveries within the grace, release leases, close the store."""
+        """Stop accepting, drain deliveries within the grace, release leases, close the store.
+
+        Once stopped, stopping again does nothing."""
+        if self._stopped.is_set():
+            return
         self.service.accepting = False
         await self.smtp.stop()
         self.jobs.stop()

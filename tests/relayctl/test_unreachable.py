@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -12,7 +12,6 @@ import pytest
 
 from relayctl.client import Client
 from relayctl.errors import UnreachableError
-from tests.conftest import ConfigFactory
 from tests.relayctl.conftest import run
 
 NO_ENDPOINT = (
@@ -139,28 +138,13 @@ async def test_route_not_found_is_not_a_missing_resource(relay: Any) -> None:
     assert "(MESSAGE_NOT_FOUND)" in missing.stderr
 
 
-@pytest.fixture
-async def stoppable_relay(make_config: ConfigFactory, sqlite_url: str) -> AsyncIterator[Any]:
-    """A relayd the test itself stops."""
-    from daemon.server import Server
-
-    server = Server(make_config(sqlite_url))
-    await server.start()
-    try:
-        yield server
-    finally:
-        if not server._stopped.is_set():
-            await server.stop()
-
-
 def open_streams(server: Any) -> float:
     value: float = server.service.metrics.realtime_clients.collect()[0].samples[0].value
     return value
 
 
 @pytest.mark.parametrize("flags", [["--json"], []], ids=["json", "lines"])
-async def test_top_exits_5_when_relayd_stops(stoppable_relay: Any, flags: list[str]) -> None:
-    relay = stoppable_relay
+async def test_top_exits_5_when_relayd_stops(relay: Any, flags: list[str]) -> None:
     url = relay.base_url
     args = ["--url", url, "--token", relay.admin_token, "top", *flags]
     watching = asyncio.ensure_future(asyncio.to_thread(run, args))
