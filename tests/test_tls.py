@@ -95,18 +95,24 @@ def test_missing_file_is_named(tmp_path: Path) -> None:
     assert "does not exist" in info.value.problem
 
 
-def test_encrypted_key_is_refused_without_asking_for_a_passphrase(tmp_path: Path) -> None:
+def write_encrypted_pair(directory: Path, now: datetime) -> None:
+    """``c.pem`` and ``k.pem`` in ``directory``: a certificate and its key, the key encrypted
+    with a passphrase."""
     from cryptography.hazmat.primitives import serialization
 
-    generate_self_signed(tmp_path / "c.pem", tmp_path / "plain.pem", "relay.test", NOW)
-    key = serialization.load_pem_private_key((tmp_path / "plain.pem").read_bytes(), None)
-    (tmp_path / "k.pem").write_bytes(
+    generate_self_signed(directory / "c.pem", directory / "plain.pem", "relay.test", now)
+    key = serialization.load_pem_private_key((directory / "plain.pem").read_bytes(), None)
+    (directory / "k.pem").write_bytes(
         key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.BestAvailableEncryption(b"secret"),
         )
     )
+
+
+def test_encrypted_key_is_refused_without_asking_for_a_passphrase(tmp_path: Path) -> None:
+    write_encrypted_pair(tmp_path, NOW)
     # Without a passphrase callback OpenSSL prompts on the terminal (a daemon hangs).
     with pytest.raises(ConfigError) as info:
         server_ssl_context(tmp_path / "c.pem", tmp_path / "k.pem")

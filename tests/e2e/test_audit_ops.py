@@ -11,10 +11,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 
 from daemon.tls import generate_self_signed
 from tests.e2e.conftest import BIN, Daemon, relayd
+from tests.test_tls import write_encrypted_pair
 
 pytestmark = pytest.mark.e2e
 
@@ -80,17 +80,7 @@ def test_migrate_refuses_a_database_from_a_newer_relayd(tmp_path: Path) -> None:
 
 
 def test_encrypted_tls_key_is_refused_without_a_prompt(tmp_path: Path) -> None:
-    generate_self_signed(
-        tmp_path / "c.pem", tmp_path / "plain.pem", "relay.test", datetime.now(UTC)
-    )
-    key = serialization.load_pem_private_key((tmp_path / "plain.pem").read_bytes(), None)
-    (tmp_path / "k.pem").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.BestAvailableEncryption(b"secret"),
-        )
-    )
+    write_encrypted_pair(tmp_path, datetime.now(UTC))
     (tmp_path / "c.toml").write_text('[smtp]\ntls_cert = "c.pem"\ntls_key = "k.pem"\n')
     result = relayd("check-config", "--config", "c.toml", cwd=tmp_path)
     assert result.returncode == 2
