@@ -43,6 +43,9 @@ class RecipientRow(SQLModel, table=True):
         sa.UniqueConstraint("workspace_id", "email", name="uq_recipients_workspace_email"),
         sa.Index("ix_recipients_ws_status", "workspace_id", "status", "id"),
         sa.Index("ix_recipients_status_email", "status", "email"),
+        # Its id leaves the table (API answers, tracking links of mail already sent):
+        # never hand a deleted one out again on SQLite (migration 0010).
+        {"sqlite_autoincrement": True},
     )
 
     id: int | None = Field(default=None, primary_key=True)

@@ -46,10 +46,34 @@ def test_expression_indexes(db_url: str) -> None:
                     query = "SELECT indexdef FROM pg_indexes WHERE indexname = :n"
                 definition = conn.execute(sa.text(query), {"n": name}).scalar()
                 assert definition is not None, name
+                if conn.dialect.name == "postgresql":  # not left INVALID by a concurrent build
+                    valid = conn.execute(
+                        sa.text("SELECT indisvalid FROM pg_index WHERE indexrelid = :n ::regclass"),
+                        {"n": name},
+                    ).scalar()
+                    assert valid is True, name
                 # PostgreSQL spells lower(address) as lower((address)::text).
                 spelled = re.sub(r"::\w+", "", definition.lower()).replace('"', "")
                 assert expression in spelled.replace("((", "(").replace("))", ")"), definition
             model_indexes = {i.name for t in metadata.tables.values() for i in t.indexes}
             assert set(EXPRESSION_INDEXES) <= model_indexes
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_autoincrement_as_the_models_say(sqlite_url: str) -> None:
+    """compare_metadata does not look at AUTOINCREMENT: the tables that never reuse an id
+    (daemon.store.schema.NEVER_REUSED_IDS) have it, and only they."""
+    engine = make_engine(sqlite_url)
+    try:
+        upgrade(engine)
+        with engine.connect() as conn:
+            for table in metadata.tables.values():
+                sql = conn.execute(
+                    sa.text("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = :n"),
+                    {"n": table.name},
+                ).scalar_one()
+                declared = bool(table.dialect_options["sqlite"]["autoincrement"])
+                assert ("AUTOINCREMENT" in sql.upper()) == declared, table.name
     finally:
         engine.dispose()

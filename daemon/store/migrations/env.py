@@ -1,4 +1,10 @@
-"""Alembic environment: runs on the connection handed in by daemon.store.migrate."""
+"""Alembic environment: runs on the connection handed in by daemon.store.migrate.
+
+PostgreSQL: one transaction per migration, so a migration can leave its transaction
+for ``CREATE INDEX CONCURRENTLY`` (``op.get_context().autocommit_block()``). SQLite: the
+connection arrives inside daemon.store.migrate's single BEGIN IMMEDIATE transaction,
+which Alembic then leaves alone (see that module).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ context.configure(
     target_metadata=metadata,
     render_as_batch=connection.dialect.name == "sqlite",
     compare_type=True,
+    transaction_per_migration=connection.dialect.name == "postgresql",
 )
 with context.begin_transaction():
     context.run_migrations()

@@ -14,6 +14,10 @@ down_revision = ${repr(down_revision)}
 branch_labels = ${repr(branch_labels)}
 depends_on = ${repr(depends_on)}
 
+# Rules: migrations/README. Indexes on existing tables: CONCURRENTLY on PostgreSQL, in
+# op.get_context().autocommit_block(), IF NOT EXISTS after dropping an INVALID leftover
+# (see 0009); NOT NULL columns with a server_default; data moved in SQL, not Python.
+
 
 def upgrade() -> None:
     ${upgrades if upgrades else "pass"}
