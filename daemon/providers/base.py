@@ -61,6 +61,9 @@ class DeliveryResult:
     provider_message_id: str | None = None
     remote: str | None = None  # the remote host, for the DSN's Remote-MTA field
     dsn_relayed: bool = False  # the next hop took over the RFC 3461 DSN parameters
+    # Seconds the provider asked us to wait before calling it again (Retry-After,
+    # X-RateLimit-Reset): a deferred message's next attempt comes no sooner.
+    retry_in: float | None = None
 
     def __post_init__(self) -> None:
         if self.outcome not in KINDS:
@@ -75,6 +78,7 @@ class DeliveryResult:
         reply: str = "",
         provider_message_id: str | None = None,
         remote: str | None = None,
+        retry_in: float | None = None,
     ) -> DeliveryResult:
         """The same outcome for every recipient (APIs and whole-transaction failures)."""
         return cls(
@@ -84,6 +88,7 @@ class DeliveryResult:
             reply=reply,
             provider_message_id=provider_message_id,
             remote=remote,
+            retry_in=retry_in,
         )
 
     def by_outcome(self, outcome: str) -> list[RecipientResult]:
@@ -95,7 +100,7 @@ class DeliveryResult:
 
         Sent when any batch was sent (the others are a partial delivery, per
         recipient); the code, reply and ids are those of the first sent batch,
-        else of the first batch.
+        else of the first batch; the wait asked for is the longest any batch was told.
         """
         if len(results) == 1:
             return results[0]
@@ -109,6 +114,7 @@ class DeliveryResult:
             provider_message_id=lead.provider_message_id,
             remote=lead.remote,
             dsn_relayed=lead.dsn_relayed,
+            retry_in=max((r.retry_in for r in results if r.retry_in), default=None),
         )
 
 

@@ -2,12 +2,17 @@
 
 Mailgun's sending API takes the MIME message as the ``message`` file of a
 multipart form and the envelope recipients as repeated ``to`` fields, with HTTP
-basic auth ``api:<key>``. Answers: 200 ``{"id": "<...>", "message": "Queued..."}``
-(the id, without angle brackets, becomes ``provider_message_id``); 400 the
-message or a recipient is refused (permanent); 401/403 the key is refused
-(auth_error); 404 the domain is not on the account (auth_error too: it is our
-configuration, not the message, and the next provider can still take it);
-429 and 5xx are temporary, like timeouts.
+basic auth ``api:<key>``. Mailgun reads each ``to`` value as an RFC 5322 address
+list ("Bob <bob@host.com>", commas between recipients), so an address with a
+quoted local part (``"john doe"@example.com``) goes in angle brackets, the one
+unambiguous form of a bare address in such a list.
+
+Answers: 200 ``{"id": "<...>", "message": "Queued..."}`` (the id, without angle
+brackets, becomes ``provider_message_id``); 400 the message or a recipient is
+refused (permanent); 401/403 the key is refused (auth_error); 404 the domain is
+not on the account (auth_error too: it is our configuration, not the message,
+and the next provider can still take it); 429 and 5xx are temporary, like
+timeouts.
 """
 
 from __future__ import annotations
@@ -19,18 +24,30 @@ import httpx
 from daemon.config import Config, ConfigError, ProviderConfig
 from daemon.core.message import Recipient
 from daemon.core.retry import AUTH_ERROR, PERMANENT, SENT
-from daemon.providers.base import DeliveryResult, Envelope, HealthResult, batches
+from daemon.providers.base import (
+    DeliveryResult,
+    Envelope,
+    HealthResult,
+    RecipientResult,
+    batches,
+)
 from daemon.providers.rest import RestProvider, client_settings, make_client, required
 
 REGIONS = {"US": "https://api.mailgun.net", "EU": "https://api.eu.mailgun.net"}
 # Mailgun's own SDKs cap a message at 1,000 recipients (mailgun-ruby: MAX_RECIPIENTS);
 # more go out as several sends of the same MIME.
 MAX_RECIPIENTS = 1000
+_LINE_BREAK = "the address has a line break and cannot be sent as a form field"
 
 
 def mailgun_base_url(region: str, base_url: str = "") -> str:
     """The API root: an explicit ``base_url`` wins over the region's."""
     return (base_url or REGIONS[region.upper()]).rstrip("/")
+
+
+def to_field(address: str) -> str:
+    """An envelope address as a ``to`` value: a quoted local part in angle brackets."""
+    return f"<{address}>" if address.startswith('"') else address
 
 
 def form_data(recipients: list[str], raw: bytes) -> tuple[str, bytes]:
@@ -42,7 +59,8 @@ def form_data(recipients: list[str], raw: bytes) -> tuple[str, bytes]:
     while boundary.encode() in raw:  # practically never; the boundary must not occur inside
         boundary = secrets.token_hex(16)
     chunks = [
-        f'--{boundary}\r\nContent-Disposition: form-data; name="to"\r\n\r\n{address}\r\n'.encode()
+        f'--{boundary}\r\nContent-Disposition: form-data; name="to"\r\n\r\n'
+        f"{to_field(address)}\r\n".encode()
         for address in recipients
     ]
     chunks.append(
@@ -84,7 +102,7 @@ class MailgunProvider(RestProvider):
         return cls(
             pc.id,
             api_key=required(pc, "api_key"),
-            domain=required(pc, "domain"),
+            domain=required(pc, "domain", has_file=False),
             client=make_client(base, timeout, connections),
             max_connections=connections,
         )
@@ -92,14 +110,20 @@ class MailgunProvider(RestProvider):
     async def send(self, envelope: Envelope) -> DeliveryResult:
         if not envelope.recipients:
             raise ValueError("an envelope needs at least one recipient")
-        addresses = [r.address for r in envelope.recipients]
-        if any("\r" in a or "\n" in a or '"' in a for a in addresses):
-            reply = "a recipient address cannot be sent as a form field"
-            return DeliveryResult.uniform(PERMANENT, envelope.recipients, reply=reply)
+        # A line break cannot be in a form field value (nor in an address we accepted).
+        sendable: list[Recipient] = []
+        refused: list[RecipientResult] = []
+        for r in envelope.recipients:
+            if "\r" in r.address or "\n" in r.address:
+                refused.append(RecipientResult(r.address, PERMANENT, None, _LINE_BREAK))
+            else:
+                sendable.append(r)
         results = [
             await self._send_one(list(batch), envelope.raw)
-            for batch in batches(envelope.recipients, MAX_RECIPIENTS)
+            for batch in (batches(sendable, MAX_RECIPIENTS) if sendable else [])
         ]
+        if refused:
+            results.append(DeliveryResult(PERMANENT, tuple(refused), reply=_LINE_BREAK))
         return DeliveryResult.merge(results)
 
     async def _send_one(self, recipients: list[Recipient], raw: bytes) -> DeliveryResult:

@@ -9,9 +9,12 @@ dropped connection is worth another try, through the next provider.
 from __future__ import annotations
 
 import asyncio
+import math
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from email.utils import parsedate_to_datetime
+from pathlib import Path
 
 import httpx
 
@@ -24,6 +27,10 @@ DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_CONNECTIONS = 16
 USER_AGENT = "relayd"
 _REPLY_LIMIT = 500
+# The longest wait a provider's answer is believed for (a reset a day away is a bad clock).
+LONGEST_REQUESTED_WAIT = 86400.0
+# X-RateLimit-Reset values past this are epoch seconds (SendGrid); smaller ones, seconds to wait.
+_EPOCH_FROM = 1_000_000_000
 
 
 class LaneTransport(httpx.AsyncBaseTransport):
@@ -108,21 +115,69 @@ def client_settings(pc: ProviderConfig) -> tuple[float, int]:
     return seconds, connections
 
 
-def required(pc: ProviderConfig, key: str) -> str:
-    """A required option (or its ``_file``), else a ConfigError naming it."""
+def secret(pc: ProviderConfig, key: str) -> str:
+    """The value of ``key`` or the content of ``<key>_file`` ("" when neither is set);
+    a file that cannot be read, is not UTF-8 text or is empty is a ConfigError naming it."""
+    value = pc.options.get(key) or ""
+    path = pc.options.get(f"{key}_file") or ""
+    if value or not path:
+        return str(value)
     try:
-        value = pc.option(key)
+        text = Path(path).read_text().strip()
     except OSError as exc:
-        raise ConfigError(f"providers.{pc.id}.{key}_file", str(exc)) from None
+        reason = exc.strerror or str(exc)
+        raise ConfigError(
+            f"providers.{pc.id}.{key}_file", f"cannot read {path!r}: {reason}"
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"providers.{pc.id}.{key}_file", f"{path!r} is not UTF-8 text") from None
+    if not text:
+        raise ConfigError(f"providers.{pc.id}.{key}_file", f"file {path!r} is empty")
+    return text
+
+
+def required(pc: ProviderConfig, key: str, has_file: bool = True) -> str:
+    """A required option (or its ``_file``), else a ConfigError naming it."""
+    value = secret(pc, key)
     if not value:
-        raise ConfigError(f"providers.{pc.id}.{key}", f"a {pc.type} provider needs {key}")
-    return str(value)
+        alternative = f" or {key}_file" if has_file else ""
+        raise ConfigError(
+            f"providers.{pc.id}.{key}", f"a {pc.type} provider needs {key}{alternative}"
+        )
+    return value
 
 
 def reply_text(response: httpx.Response) -> str:
     """``<status> <body>`` cut short: what the provider said, for the message's error."""
     body = " ".join(response.text.split())[:_REPLY_LIMIT]
     return f"{response.status_code} {body}".strip()
+
+
+def requested_wait(response: httpx.Response, now: float | None = None) -> float | None:
+    """Seconds the provider asks us to wait before calling it again, if it says.
+
+    ``Retry-After`` (RFC 9110: seconds or an HTTP date, Mailgun and Google) or, on a
+    429, ``X-RateLimit-Reset`` (SendGrid: the epoch second its rate-limit window
+    resets). None when neither is there or readable, or the time has passed.
+    """
+    now = time.time() if now is None else now
+    wait: float | None = None
+    value = response.headers.get("Retry-After", "").strip()
+    if value:
+        if value.isdigit():
+            wait = float(value)
+        else:
+            try:
+                wait = parsedate_to_datetime(value).timestamp() - now
+            except (TypeError, ValueError, IndexError, OverflowError):
+                wait = None
+    if wait is None and response.status_code == 429:
+        reset = response.headers.get("X-RateLimit-Reset", "").strip()
+        if reset.isdigit():
+            wait = float(reset) - now if int(reset) >= _EPOCH_FROM else float(reset)
+    if wait is None or wait <= 0:
+        return None
+    return min(wait, LONGEST_REQUESTED_WAIT)
 
 
 def transport_reply(exc: Exception) -> str:
@@ -154,10 +209,18 @@ class RestProvider:
     def refused(
         self, response: httpx.Response, recipients: Sequence[Recipient], kind: str | None = None
     ) -> DeliveryResult:
-        """A non-success answer, classified by its HTTP status unless ``kind`` says otherwise."""
+        """A non-success answer, classified by its HTTP status unless ``kind`` says otherwise.
+
+        A temporary one says how long the provider asked us to wait, if it did
+        (:func:`requested_wait`).
+        """
         outcome = kind or classify_http(response.status_code)
+        reply = reply_text(response)
+        wait = requested_wait(response) if outcome == TEMPORARY else None
+        if wait is not None:
+            reply = f"{reply} (the provider asks for no retry within {math.ceil(wait)}s)"
         return DeliveryResult.uniform(
-            outcome, recipients, response.status_code, reply_text(response), remote=self.remote
+            outcome, recipients, response.status_code, reply, remote=self.remote, retry_in=wait
         )
 
     async def probe(

@@ -12,8 +12,10 @@ import asyncio
 import functools
 import random
 import re
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -300,3 +302,23 @@ async def test_rate_limits_hold(
     assert service.providers_state.sent_today("sg") == 3
     waited = [mid for mid in ids if not attempts(engine, mid) or len(attempts(engine, mid)) > 1]
     assert all(a.outcome == "sent" for mid in waited for a in attempts(engine, mid))
+
+
+async def test_a_429_is_not_retried_before_the_providers_reset(
+    make_service: ServiceFactory, engine: Engine, running: Running, sendgrid: SendgridFake
+) -> None:
+    """SendGrid answers a rate-limited call 429 with ``X-RateLimit-Reset`` (epoch seconds):
+    the retry waits for it although the backoff (50 ms here) would come far sooner."""
+    reset = int(time.time()) + 120
+    sendgrid.script(
+        Answer(429, body={"errors": [{"message": "too many requests"}]},
+               headers={"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(reset)})
+    )  # fmt: skip
+    service = await make_service(queue=FAST, providers={"sg": sendgrid_cfg(sendgrid)})
+    await running.start(service)
+    (mid,) = await enqueue(service, 1)
+    row = await until(engine, mid, lambda r: r.retry_count == 1)
+    assert row.status == "queued"
+    assert row.next_attempt_at.replace(tzinfo=UTC) >= datetime.fromtimestamp(reset - 1, UTC)
+    assert [(a.provider, a.outcome) for a in attempts(engine, mid)] == [("sg", "temporary")]
+    assert "no retry within" in row.error

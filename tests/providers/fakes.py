@@ -28,6 +28,8 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from email.errors import NonASCIILocalPartDefect
+from email.policy import default as default_policy
 from typing import Any, Self, cast
 from urllib.parse import parse_qs
 
@@ -44,6 +46,8 @@ JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 # (googleapis/google-api-go-client#374: around 6.5 MB of message); the fake says 5 MiB.
 METADATA_LIMIT = 5 * 1024 * 1024
 GMAIL_SEND = "https://www.googleapis.com/auth/gmail.send"
+# SendGrid's reserved ``headers`` keys (Mail Send reference: "You may not override the
+# following headers").
 SENDGRID_RESERVED = {
     "x-sg-id",
     "x-sg-eid",
@@ -60,6 +64,11 @@ SENDGRID_RESERVED = {
 }
 
 
+# Mail Send errors: an attachment's filename, content_id and type (and a content
+# type) "may not include the characters ';', ',', CR or LF".
+SENDGRID_FORBIDDEN = frozenset(";,\r\n")
+
+
 @dataclass(frozen=True)
 class Answer:
     """How the fake answers one call: ``status`` None means the endpoint's success."""
@@ -68,6 +77,7 @@ class Answer:
     delay: float = 0.0
     hang: bool = False
     body: Any = None
+    headers: dict[str, str] | None = None
 
 
 class _Problem(Exception):
@@ -142,7 +152,9 @@ class FakeApi:
                         await asyncio.sleep(answer.delay)
                     if answer.status is not None:
                         body = answer.body if answer.body is not None else {"message": "fake"}
-                        response = JSONResponse(body, status_code=answer.status)
+                        response = JSONResponse(
+                            body, status_code=answer.status, headers=answer.headers
+                        )
             record = getattr(request.state, "record", None)
             if record is not None:
                 record["status"] = response.status_code
@@ -229,6 +241,30 @@ def _param(header: str, name: str) -> str | None:
     return None
 
 
+def _address_list(value: str) -> list[str]:
+    """The addr-specs of a Mailgun ``to`` field: an RFC 5322 address list ("Bob <bob@host.com>",
+    commas between recipients); SMTPUTF8 local parts are accepted (Mailgun's
+    Internationalization guide)."""
+    header = default_policy.header_factory("to", value)
+    defects = [d for d in header.defects if not isinstance(d, NonASCIILocalPartDefect)]
+    addresses = [a.addr_spec for a in header.addresses]
+    _expect(
+        bool(addresses) and not defects and all(a.domain for a in header.addresses),
+        f"'to' parameter is not a valid address: {value!r} ({defects})",
+    )
+    return addresses
+
+
+def _sendgrid_email(email: str, where: str, longest: int = 0) -> None:
+    """A Mail Send ``email`` field: ``format: email`` in SendGrid's OpenAPI schema, an
+    RFC 5321 address in ASCII (internationalized domains as punycode; the schema does not
+    use ``idn-email``), at most ``longest`` characters where the errors list says so."""
+    local, at, domain = email.rpartition("@")
+    _expect(bool(at and local and domain), f"{where}: not a valid email address")
+    _expect(email.isascii(), f"{where}: does not contain a valid address (non-ASCII)")
+    _expect(not longest or len(email) <= longest, f"{where}: longer than {longest} characters")
+
+
 def _basic(request: Request) -> tuple[str, str] | None:
     scheme, _, value = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "basic":
@@ -285,7 +321,7 @@ class MailgunFake(FakeApi):
             _expect(disposition.startswith("form-data;"), f"part disposition {disposition!r}")
             name = _param(disposition, "name")
             if name == "to":
-                to.append(content.decode())
+                to += _address_list(content.decode())
             elif name == "message":
                 _expect(_param(disposition, "filename") is not None, "message is not a file")
                 mime = content
@@ -542,7 +578,11 @@ class SendgridFake(FakeApi):
             return refused
         ctype = request.headers.get("content-type", "")
         _expect(ctype.startswith("application/json"), f"content type {ctype!r}")
-        body = json.loads(await request.body())
+        try:  # Mail Send errors: "Invalid UTF8 in request"
+            text = (await request.body()).decode("utf-8")
+        except UnicodeDecodeError:
+            raise _Problem("Invalid UTF8 in request") from None
+        body = json.loads(text)
         self._check_mail(body)
         self.record(
             request, {"path": request.url.path, "body": body}, lambda: self.mails.append(body)
@@ -560,30 +600,59 @@ class SendgridFake(FakeApi):
         everyone: list[str] = []
         for block in cast(list[dict[str, Any]], blocks):  # a list: checked just above
             _expect(isinstance(block.get("to"), list) and block["to"], "a personalization needs to")
-            emails = [p["email"].lower() for k in ("to", "cc", "bcc") for p in block.get(k, [])]
+            people = [p for k in ("to", "cc", "bcc") for p in block.get(k, [])]
+            emails = [p["email"].lower() for p in people]
+            # Mail Send limitation: to, cc and bcc names "cannot include commas or semicolons"
+            # (the real API takes the request, then drops the mail as an invalid address).
+            for name in (str(p.get("name", "")) for p in people):
+                quoted = len(name) >= 2 and name[0] == name[-1] == '"'
+                _expect(quoted or not set(name) & {",", ";"}, f"recipient name {name!r}")
             _expect(len(emails) == len(set(emails)), "an address twice in one personalization")
-            _expect(all("@" in e for e in emails), "an address without @")
+            for e in emails:
+                _sendgrid_email(e, f"personalizations: {e!r}")
             everyone += emails
+            # "The subject is required. You can get around this requirement if you use a
+            # template with a subject defined or if every personalization has a subject
+            # defined." Subjects are strings of at least one character (minLength 1).
+            subject = block.get("subject", body.get("subject"))
+            _expect(subject is not None, "The subject is required")
+            _expect(isinstance(subject, str) and len(subject) >= 1, "subject minLength 1")
         # "There is a limit of 1000 total recipients (to + cc + bcc) per request", and
         # "Each unique email address in the personalizations array should only be included once".
         _expect(len(everyone) <= 1000, f"{len(everyone)} recipients in one request")
         _expect(len(everyone) == len(set(everyone)), "an address twice in personalizations")
-        _expect("@" in body.get("from", {}).get("email", ""), "from.email")
+        _sendgrid_email(body.get("from", {}).get("email", ""), "from.email", longest=320)
+        reply_to = [body["reply_to"]] if "reply_to" in body else body.get("reply_to_list", [])
+        _expect(not ("reply_to" in body and "reply_to_list" in body), "reply_to and reply_to_list")
+        for person in reply_to:
+            _sendgrid_email(person.get("email", ""), "reply_to.email", longest=320)
         content = body.get("content") or []
         _expect(bool(content), "no content")
         _expect(all(c.get("value") for c in content), "empty content value")
         types = [c["type"] for c in content]
+        _expect(all(t and not SENDGRID_FORBIDDEN & set(t) for t in types), "content type")
         if "text/plain" in types:
             _expect(types.index("text/plain") == 0, "text/plain must come first")
         for a in body.get("attachments", []):
             _expect(bool(a.get("filename")), "attachment without filename")
+            # "The attachment content must be a string at least one character in length."
+            _expect(bool(a.get("content")), f"attachment {a['filename']!r} without content")
             base64.b64decode(a["content"], validate=True)
             _expect(a.get("disposition", "attachment") in ("attachment", "inline"), "disposition")
             if a.get("disposition") == "inline":
                 _expect(bool(a.get("content_id")), "inline attachment without content_id")
+            for key in ("filename", "content_id", "type"):
+                value = str(a.get(key, ""))
+                _expect(not SENDGRID_FORBIDDEN & set(value), f"attachment {key} {value!r}")
+            _expect("type" not in a or bool(a["type"]), "empty attachment type")
+        seen: set[str] = set()
         for name, value in (body.get("headers") or {}).items():
             _expect(name.lower() not in SENDGRID_RESERVED, f"reserved header {name}")
             _expect(isinstance(value, str), f"header {name} is not a string")
+            # "Header keys cannot contain non-ASCII characters and empty spaces."
+            _expect(name.isascii() and name.isprintable() and " " not in name, f"key {name!r}")
+            _expect(name.lower() not in seen, f"duplicate header key {name}")
+            seen.add(name.lower())
 
     async def get_scopes(self, request: Request) -> Response:
         refused = self._authorized(request)

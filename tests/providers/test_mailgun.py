@@ -157,3 +157,33 @@ def test_missing_key_is_a_config_error(make_config: Any) -> None:
     config = make_config(providers={"mg": {"type": "mailgun", "domain": "mg.example.com"}})
     with pytest.raises(ConfigError, match=r"providers\.mg\.api_key"):
         build_providers(config)
+
+
+async def test_quoted_local_parts_reach_mailgun_as_those_addresses(mailgun: MailgunFake) -> None:
+    """RFC 5321 quoted local parts (accepted at ingest) used to be refused before any request.
+    Mailgun reads each ``to`` field as an RFC 5322 address list (commas between recipients),
+    so such an address goes in angle brackets: a space or a comma inside the quotes stays
+    part of that one address."""
+    rcpts = ('"john doe"@example.com', '"doe, john"@example.com', "bob@example.org")
+    p = provider(mailgun)
+    try:
+        result = await p.send(envelope(*rcpts))
+    finally:
+        await p.close()
+    assert result.outcome == "sent", result.reply
+    assert [r.outcome for r in result.recipients] == ["sent"] * 3
+    assert mailgun.messages == [(list(rcpts), RAW)]
+
+
+async def test_an_address_that_cannot_be_a_form_field_fails_alone(mailgun: MailgunFake) -> None:
+    p = provider(mailgun)
+    try:
+        result = await p.send(envelope("bob@example.org", "x\r\nto: y@example.com"))
+    finally:
+        await p.close()
+    assert result.outcome == "sent"
+    assert [(r.address, r.outcome) for r in result.recipients] == [
+        ("bob@example.org", "sent"),
+        ("x\r\nto: y@example.com", "permanent"),
+    ]
+    assert mailgun.messages == [(["bob@example.org"], RAW)]
