@@ -375,10 +375,13 @@ async def get_message(request: Request, principal: Principal) -> Response:
     return ok(data)
 
 
-def _invalid_state(queue_id: str, status: str, action: str, allowed: tuple[str, ...]) -> ApiError:
+def _invalid_state(
+    queue_id: str, status: str, action: str, allowed: tuple[str, ...], also: str = ""
+) -> ApiError:
     return ApiError(
         "INVALID_STATE",
-        f"Message {queue_id} is {status}; only {' or '.join(allowed)} messages can be {action}",
+        f"Message {queue_id} is {status}; only {' or '.join(allowed)} messages{also}"
+        f" can be {action}",
         {"id": queue_id, "status": status, "allowed_statuses": list(allowed)},
     )
 
@@ -414,7 +417,8 @@ async def cancel_message(request: Request, principal: Principal) -> Response:
 
 @requires_auth
 async def retry_message(request: Request, principal: Principal) -> Response:
-    """PUT /api/messages/{id}/retry: requeue a failed or auth_error message now."""
+    """PUT /api/messages/{id}/retry: requeue a failed or auth_error message now, or a
+    sent one for the recipients that did not get it."""
     service = service_of(request)
     queue_id = _message_id(request)
     try:
@@ -422,7 +426,8 @@ async def retry_message(request: Request, principal: Principal) -> Response:
     except queue.AllSuppressed as exc:
         raise _all_suppressed(queue_id, exc) from None
     except queue.InvalidState as exc:
-        raise _invalid_state(queue_id, exc.status, "retried", RETRYABLE_STATUSES) from None
+        also = " (or sent ones with recipients that did not get them)"
+        raise _invalid_state(queue_id, exc.status, "retried", RETRYABLE_STATUSES, also) from None
     if result is None:
         raise ApiError("MESSAGE_NOT_FOUND", f"no message {queue_id}", {"id": queue_id})
     return ok(result)

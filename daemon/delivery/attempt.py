@@ -10,6 +10,12 @@ even be tried (all down or limited) the message waits for the first one to free
 up without using one of its retries; it is requeued with ``ALL_PROVIDERS_DOWN``
 (or the rate limit) as its error, and sends its delay DSN once it has waited long enough.
 
+A provider that raises, or returns something the round cannot read or store, has
+failed temporarily for this round (and the next provider is tried). A round that
+fails anywhere else in our code is :meth:`Deliverer.crashed`: a temporary failure
+that uses one of the message's retries like any other, so a crash that comes back
+every time ends ``failed``, with its DSN, after ``max_retries``.
+
 The round also decides which DSNs the sender asked for (:mod:`daemon.delivery.reports`);
 they go back with its outcome, to be queued in the same transaction.
 """
@@ -42,6 +48,31 @@ ALL_PROVIDERS_DOWN = WAITING_PREFIX
 
 # The DSNs a round's outcome brings with it (none, or one per kind of event).
 Notices = tuple[NewMessage, ...]
+
+# The RFC 3463 status of a round that failed in our own code: "other or undefined mail
+# system status", temporary (the DSN after the last retry reports it).
+INTERNAL_STATUS = "4.3.0"
+MAX_PROVIDER_MESSAGE_ID = 512  # messages.provider_message_id
+MAX_DESCRIPTION = 500
+
+
+@dataclasses.dataclass
+class _Round:
+    """What the provider calls of one round decided, for :meth:`Deliverer._conclude`."""
+
+    remaining: list[Recipient]  # not decided yet: deferred, to retry
+    attempts: list[Attempt]
+    deferred: dict[str, Answer]  # the last answer for each of ``remaining``
+    statuses: list[tuple[str, str, str | None]] = dataclasses.field(default_factory=list)
+    failures: list[Answer] = dataclasses.field(default_factory=list)
+    accepted: list[Answer] = dataclasses.field(default_factory=list)  # with NOTIFY, for DSNs
+    sent_via: str | None = None
+    provider_message_id: str | None = None
+    only_auth_errors: bool = False
+    provider: str | None = None  # the outcome's provider
+    # The longest wait a provider that deferred recipients asked for (Retry-After,
+    # X-RateLimit-Reset): the next attempt comes no sooner.
+    retry_in: float = 0.0
 
 
 class Deliverer:
@@ -97,6 +128,7 @@ class Deliverer:
         sent_via: str | None = None
         provider_message_id: str | None = None
         only_auth_errors = bool(order)
+        retry_in = 0.0
 
         for pid in order:
             if not remaining:
@@ -110,22 +142,27 @@ class Deliverer:
             attempted_at = self.service.clock()
             started = time.monotonic()
             try:
-                result = await provider.send(Envelope.of(message, remaining))
+                # What the provider returned is checked here too: a result our code cannot
+                # read or store is that provider's failure, not a crash of the round.
+                result = _checked(await provider.send(Envelope.of(message, remaining)))
             except asyncio.CancelledError:
                 if admission.probe:
                     health.abandon(pid)
                 raise
             except Exception as exc:
                 log.exception("provider %s failed unexpectedly on %s", pid, message.id)
-                result = DeliveryResult.uniform(
-                    retry.TEMPORARY, remaining, reply=f"provider error: {type(exc).__name__}: {exc}"
+                result = _checked(
+                    DeliveryResult.uniform(
+                        retry.TEMPORARY, remaining, reply=f"provider error: {describe(exc)}"
+                    )
                 )
-            result = _storable(result)
             health.record(pid, result.outcome, result.reply)
             elapsed = int((time.monotonic() - started) * 1000)
             attempts.append(
                 Attempt(pid, result.outcome, attempted_at, result.code, result.reply, elapsed)
             )
+            if result.retry_in and result.by_outcome(retry.TEMPORARY):
+                retry_in = max(retry_in, result.retry_in)
             by_address = {r.address: r for r in result.recipients}
             still: list[Recipient] = []
             for rcpt in remaining:
@@ -156,12 +193,59 @@ class Deliverer:
                 deferred[rcpt.address] = Answer(
                     rcpt, RecipientResult(rcpt.address, retry.TEMPORARY, None, reply), None
                 )
+        decided = _Round(
+            remaining=remaining,
+            attempts=attempts,
+            statuses=statuses,
+            failures=failures,
+            accepted=accepted,
+            deferred=deferred,
+            sent_via=sent_via,
+            provider_message_id=provider_message_id,
+            only_auth_errors=only_auth_errors,
+            provider=sent_via or (attempts[-1].provider if order else None),
+            retry_in=retry_in,
+        )
+        return self._conclude(message, decided, now)
 
+    def crashed(
+        self, message: ClaimedMessage, error: BaseException | str
+    ) -> tuple[Outcome, Notices]:
+        """The round of ``message`` that failed in our own code (``error``: the exception it
+        raised, or what went wrong): a temporary failure of every recipient it was for, as
+        if an upstream had answered so. It uses one of the message's retries (with the
+        usual backoff), so a crash that comes back every time ends ``failed`` after
+        ``max_retries``, with its DSN, instead of coming back every lease for ever.
+
+        The stored reply names the exception (type and message, no traceback).
+        """
+        now = self.service.clock()
+        why = error if isinstance(error, str) else describe(error)
+        reply = _text(f"{INTERNAL_STATUS} relay error: {why}")[:MAX_DESCRIPTION]
+        recipients = list(message.recipients)
+        decided = _Round(
+            remaining=recipients,
+            attempts=[Attempt("none", retry.TEMPORARY, now, None, reply)],
+            deferred={
+                r.address: Answer(r, RecipientResult(r.address, retry.TEMPORARY, None, reply), None)
+                for r in recipients
+            },
+        )
+        return self._conclude(message, decided, now)
+
+    def _conclude(
+        self, message: ClaimedMessage, decided: _Round, now: datetime
+    ) -> tuple[Outcome, Notices]:
+        """The outcome of a round from what its provider calls decided: the retry decision
+        for the recipients still open, the message's status and error, and its DSNs."""
+        config = self.config
+        remaining, statuses, failures = decided.remaining, decided.statuses, decided.failures
+        deferred, sent_via = decided.deferred, decided.sent_via
         retry_count = message.retry_count
         next_attempt_at: datetime | None = None
         max_retries = retry.effective_max_retries(message.max_retries, config.queue.max_retries)
         if remaining:
-            kind = retry.AUTH_ERROR if only_auth_errors else retry.TEMPORARY
+            kind = retry.AUTH_ERROR if decided.only_auth_errors else retry.TEMPORARY
             decision = retry.decide(
                 kind,
                 message.retry_count,
@@ -173,6 +257,9 @@ class Deliverer:
             )
             status, retry_count = decision.status, decision.retry_count
             next_attempt_at = decision.next_attempt_at
+            if next_attempt_at is not None and decided.retry_in:
+                # Not before the provider said it takes mail again.
+                next_attempt_at = max(next_attempt_at, now + timedelta(seconds=decided.retry_in))
             if status != "queued":
                 for rcpt in remaining:
                     failure = deferred[rcpt.address]
@@ -209,9 +296,9 @@ class Deliverer:
         notices = tuple(
             n
             for n in (
-                reports.notice(config, message, reports.failed(failures), now),
-                reports.notice(config, message, delayed, now),
-                reports.notice(config, message, reports.relayed(accepted), now),
+                _notice(config, message, reports.failed(failures), now),
+                _notice(config, message, delayed, now),
+                _notice(config, message, reports.relayed(decided.accepted), now),
             )
             if n is not None
         )
@@ -222,10 +309,10 @@ class Deliverer:
             processed_at=now,
             retry_count=retry_count,
             next_attempt_at=next_attempt_at,
-            provider=sent_via or (attempts[-1].provider if order else None),
-            provider_message_id=provider_message_id,
+            provider=decided.provider,
+            provider_message_id=decided.provider_message_id,
             error=error,
-            attempts=tuple(attempts),
+            attempts=tuple(decided.attempts),
             recipient_status=tuple(statuses),
             dsn_delayed=bool(delayed),
         )
@@ -296,12 +383,62 @@ def _utf8(text: str) -> str:
             return text.encode("utf-8", "replace").decode("utf-8")
 
 
-def _storable(result: DeliveryResult) -> DeliveryResult:
-    """The result with every reply text storable (see :func:`_utf8`); usually itself."""
-    if result.reply.isascii() and all(r.reply.isascii() for r in result.recipients):
+def _text(text: str) -> str:
+    """``text`` storable on both databases: valid Unicode (see :func:`_utf8`) without NUL,
+    which PostgreSQL refuses in a text column (an upstream may well put one in a reply)."""
+    return _utf8(text).replace("\x00", "\ufffd")
+
+
+def _plain(text: str) -> bool:
+    return text.isascii() and "\x00" not in text
+
+
+def _checked(result: object) -> DeliveryResult:
+    """A provider's result as the round can use and store it; usually itself.
+
+    Not a :class:`DeliveryResult` (a provider bug): TypeError, which the round takes
+    as that provider's temporary failure. Reply texts are made storable (see
+    :func:`_text`) and the provider's message id is cut to its column's length.
+    """
+    if not isinstance(result, DeliveryResult):
+        raise TypeError(f"send() returned {type(result).__name__}, not a DeliveryResult")
+    pmid = result.provider_message_id
+    if (
+        _plain(result.reply)
+        and all(_plain(r.reply) for r in result.recipients)
+        and (pmid is None or (len(pmid) <= MAX_PROVIDER_MESSAGE_ID and _plain(pmid)))
+    ):
         return result
     return dataclasses.replace(
         result,
-        reply=_utf8(result.reply),
-        recipients=tuple(dataclasses.replace(r, reply=_utf8(r.reply)) for r in result.recipients),
+        reply=_text(result.reply),
+        recipients=tuple(dataclasses.replace(r, reply=_text(r.reply)) for r in result.recipients),
+        provider_message_id=None if pmid is None else _text(pmid)[:MAX_PROVIDER_MESSAGE_ID],
     )
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message`` of an exception on one line, for a stored error (no traceback)."""
+    try:
+        text = " ".join(str(exc).split())
+    except Exception:  # a __str__ that fails in turn
+        text = ""
+    name = type(exc).__name__
+    return _text(f"{name}: {text}" if text else name)[:MAX_DESCRIPTION]
+
+
+def _notice(
+    config: Config,
+    message: ClaimedMessage,
+    reported: Sequence[ReportedRecipient],
+    now: datetime,
+) -> NewMessage | None:
+    """:func:`reports.notice`, except that a DSN our code fails to build is left out (and
+    logged) rather than losing the outcome of a round whose recipients may have got it."""
+    if not reported:
+        return None
+    try:
+        return reports.notice(config, message, reported, now)
+    except Exception:
+        log.exception("could not build the DSN of %s; it is not sent", message.id)
+        return None

@@ -28,7 +28,7 @@ from sqlalchemy.engine import Connection
 from daemon.config import Config
 from daemon.core import suppression
 from daemon.core.message import ClaimedMessage, NewMessage, Outcome
-from daemon.delivery.attempt import Deliverer
+from daemon.delivery.attempt import Deliverer, describe
 from daemon.providers.base import Provider
 from daemon.service import RelayService
 from daemon.store import audience, queue
@@ -50,7 +50,8 @@ SHARED_WRITER_DELAY = 0.02
 
 @dataclass
 class _Pending:
-    outcome: Outcome
+    message: ClaimedMessage
+    outcome: Outcome  # replaced when the store cannot take it (see Dispatcher._apart)
     notices: tuple[NewMessage, ...]  # the DSNs the outcome causes
     done: asyncio.Future[None]
 
@@ -296,18 +297,27 @@ class Dispatcher:
             )
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("delivery of %s crashed; its lease will expire", message.id)
-            return
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(outcome, notices, done))
+        except Exception as exc:
+            # A bug of ours (or the database failing under prepare): a temporary failure of
+            # this round, so it uses a retry instead of coming back every lease for ever.
+            log.exception("delivery of %s crashed; counted as a temporary failure", message.id)
+            suppressed = self._suppressed.pop(message.id, ())
+            try:
+                outcome, notices = self.deliverer.crashed(message, exc)
+                outcome = suppression.merge(outcome, suppressed)
+            except Exception:
+                log.exception("could not record the crash of %s; its lease will expire", message.id)
+                return
+        pending = _Pending(message, outcome, notices, asyncio.get_running_loop().create_future())
+        self._pending.append(pending)
         self._flush_wakeup.set()
         self._recorded_later()
         try:
-            await done
+            await pending.done
         except Exception as exc:
             log.warning("could not record the result of %s: %s", message.id, exc)
             return
+        outcome = pending.outcome
         self._log(outcome)
         await self.service.engagement.after_delivery(message, outcome)
         self.service.metrics.delivery_finished(
@@ -340,23 +350,68 @@ class Dispatcher:
             while self._pending:
                 batch, self._pending = self._pending, []
                 try:
-                    wake = await self.service.committer.run(
-                        functools.partial(_apply, batch=batch),
-                        within=0.0 if self._flush_closing else self.write_within,
-                    )
+                    wake = await self._write(batch)
                 except Exception as exc:
+                    wake = await self._apart(batch, exc)
+                else:
                     for item in batch:
                         if not item.done.done():
-                            item.done.set_exception(exc)
-                    continue
-                for item in batch:
-                    if not item.done.done():
-                        item.done.set_result(None)
+                            item.done.set_result(None)
                 if wake:
                     # A retry time or a new bounce may be earlier than the loop's sleep.
                     self.service.wake.set()
             if self._flush_closing:
                 return
+
+    async def _apart(self, batch: Sequence[_Pending], error: Exception) -> bool:
+        """Write the results of a batch that failed one by one, so that one the store cannot
+        take (a value too large for its column...) does not take the others down with it.
+
+        A result that fails on its own is replaced by a temporary failure of its round
+        (:meth:`Deliverer.crashed`), which uses a retry: else the message would be
+        delivered again every lease, for ever. When that fails too the database itself is
+        failing: the rest of the batch is given up, and its leases expire.
+        """
+        wake = False
+        for index, item in enumerate(batch):
+            if item.done.done():
+                continue
+            try:
+                if len(batch) > 1:
+                    wake |= await self._write([item])
+                    item.done.set_result(None)
+                    continue
+            except Exception as exc:
+                error = exc
+            try:
+                log.error("could not record the result of %s: %s", item.message.id, error)
+                outcome, notices = self.deliverer.crashed(
+                    item.message, _unrecorded(item.outcome, error)
+                )
+                item.outcome, item.notices = outcome, notices
+                wake |= await self._write([item])
+            except Exception as exc:
+                for rest in batch[index:]:
+                    if not rest.done.done():
+                        rest.done.set_exception(exc)
+                return wake
+            item.done.set_result(None)
+        return wake
+
+    async def _write(self, batch: Sequence[_Pending]) -> bool:
+        return await self.service.committer.run(
+            functools.partial(_apply, batch=batch),
+            within=0.0 if self._flush_closing else self.write_within,
+        )
+
+
+def _unrecorded(outcome: Outcome, error: Exception) -> str:
+    """What the stored error says of a round whose result the store would not take."""
+    tried = ", ".join(dict.fromkeys(a.provider for a in outcome.attempts)) or "no provider"
+    return (
+        f"the result of the round via {tried} ({outcome.status}) could not be recorded: "
+        f"{describe(error)}"
+    )
 
 
 def _claim_batch(

@@ -96,6 +96,10 @@ _MAX_PENDING_REPLY = _MAX_REPLY_LINE * 4
 _SERVICE_CLOSING = 421  # aiosmtplib drops the session on this reply to MAIL or RCPT
 
 
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
 def quoted_address(address: str) -> str:
     """``<address>`` exactly as aiosmtplib's ``quote_address`` makes it (ValueError if unsafe)."""
     if _PLAIN_ADDRESS.fullmatch(address):
@@ -424,8 +428,9 @@ class SmtpProvider:
         # retried later rather than lost.
         if not isinstance(exc, SMTPException | OSError | TimeoutError):
             log.warning("unexpected error delivering via %s: %r", self.id, exc)
-        reply = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        return DeliveryResult.uniform(TEMPORARY, recipients, reply=reply, remote=self.host)
+        return DeliveryResult.uniform(
+            TEMPORARY, recipients, reply=_error_text(exc), remote=self.host
+        )
 
     def _mail_options(
         self, client: aiosmtplib.SMTP, envelope: Envelope, utf8: bool
@@ -485,9 +490,16 @@ class SmtpProvider:
                 accepted.append(r)
             except SMTPRecipientRefused as exc:
                 refused[r.address] = self._refused_recipient(r.address, exc.code, exc.message)
+                if exc.code == _SERVICE_CLOSING:  # aiosmtplib has closed the session
+                    return self._broken_off(
+                        envelope, refused, exc.code, f"{exc.code} {exc.message}"
+                    )
             except ValueError as exc:
                 reply = f"501 5.1.3 recipient address cannot be sent: {exc}"
                 refused[r.address] = RecipientResult(r.address, PERMANENT, 501, reply)
+            except (SMTPException, OSError) as exc:  # the connection broke mid-transaction
+                client.close()
+                return self._broken_off(envelope, refused, None, _error_text(exc))
 
         if not accepted:
             await self._reset(client)
@@ -498,7 +510,32 @@ class SmtpProvider:
         except SMTPDataError as exc:
             await self._reset(client)
             return self._data_refused(envelope, accepted, refused, exc.code, exc.message)
+        except (SMTPException, OSError) as exc:
+            client.close()
+            return self._broken_off(envelope, refused, None, _error_text(exc))
         return self._sent(envelope, accepted, refused, response, dsn)
+
+    def _broken_off(
+        self, envelope: Envelope, refused: dict[str, RecipientResult], code: int | None, reply: str
+    ) -> DeliveryResult:
+        """A transaction the upstream ended before the message was through: a 421 ("closing
+        transmission channel") to a RCPT, or the connection lost or timed out after MAIL.
+
+        The recipients it had already refused keep that answer (a 550 stays permanent, and
+        is not sent to again); every other one, accepted or not reached, is deferred with
+        what ended the transaction, the 421's own text included.
+        """
+        results = tuple(
+            refused.get(r.address) or RecipientResult(r.address, TEMPORARY, code, reply)
+            for r in envelope.recipients
+        )
+        return DeliveryResult(
+            outcome=combine([x.outcome for x in results]),
+            recipients=results,
+            code=code,
+            reply=reply,
+            remote=self.host,
+        )
 
     def _sender_refused(self, envelope: Envelope, code: int, message: str) -> DeliveryResult:
         kind = classify_smtp(code, message)
@@ -626,8 +663,9 @@ class SmtpProvider:
     ) -> tuple[DeliveryResult, bool]:
         """Every reply handled as the step-by-step path handles it; True when RSET must follow.
 
-        Where aiosmtplib would have dropped the session (a 421 to MAIL or RCPT)
-        the reader is marked broken and the next step fails as it would there.
+        Where aiosmtplib drops the session (a 421 to MAIL or RCPT) the reader is marked
+        broken; a 421 to a RCPT, or the connection lost after MAIL, ends the transaction
+        there (see :meth:`SmtpProvider._broken_off`).
         """
         try:
             reader.send(b"".join(commands), len(commands))
@@ -645,30 +683,32 @@ class SmtpProvider:
 
         accepted: list[Recipient] = []
         refused: dict[str, RecipientResult] = {}
-        closing = False
-        for index, r in enumerate(envelope.recipients, start=1):
-            if closing:
-                raise SMTPServerDisconnected("Server not connected")
-            reply = reader.reply(index)
-            if reply.code == _SERVICE_CLOSING:
-                closing = reader.broken = True
-            if reply.code in (250, 251):
-                accepted.append(r)
-            else:
+        try:
+            for index, r in enumerate(envelope.recipients, start=1):
+                reply = reader.reply(index)
+                if reply.code in (250, 251):
+                    accepted.append(r)
+                    continue
                 refused[r.address] = self._refused_recipient(r.address, reply.code, reply.message)
+                if reply.code == _SERVICE_CLOSING:
+                    # The upstream is going away: nothing after this reply counts.
+                    reader.broken = True
+                    reply_text = f"{reply.code} {reply.message}"
+                    return self._broken_off(envelope, refused, reply.code, reply_text), False
 
-        if not accepted:
-            self._abandon(reader, data_index)
-            return self._all_refused(envelope, refused), True
-        if closing:
-            raise SMTPServerDisconnected("Connection lost")
-        start = reader.reply(data_index)
-        if start.code != 354:
-            refusal = self._data_refused(envelope, accepted, refused, start.code, start.message)
-            return refusal, True
-        reader.send(data_payload(envelope.raw), 1)
-        await reader.wait()
-        response = reader.reply(data_index + 1)
+            if not accepted:
+                self._abandon(reader, data_index)
+                return self._all_refused(envelope, refused), True
+            start = reader.reply(data_index)
+            if start.code != 354:
+                refusal = self._data_refused(envelope, accepted, refused, start.code, start.message)
+                return refusal, True
+            reader.send(data_payload(envelope.raw), 1)
+            await reader.wait()
+            response = reader.reply(data_index + 1)
+        except SMTPException as exc:  # the connection broke (or timed out) mid-transaction
+            reader.broken = True
+            return self._broken_off(envelope, refused, None, _error_text(exc)), False
         if response.code != 250:
             refusal = self._data_refused(
                 envelope, accepted, refused, response.code, response.message

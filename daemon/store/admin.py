@@ -133,7 +133,8 @@ def matching_ids(
 
 
 def retry_batch(conn: Connection, ids: Sequence[str], now: datetime) -> list[str]:
-    """Queue ``ids`` again now: failed/auth_error ones as a single retry does, queued
+    """Queue ``ids`` again now: those a single retry takes (failed, auth_error, or sent to
+    some recipients only) as it does, for their recipients that did not get it; queued
     (deferred) ones by making them due at once. Returns the ids actually changed."""
     if not ids:
         return []

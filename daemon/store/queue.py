@@ -36,6 +36,10 @@ from daemon.store.models import (
     messages,
 )
 
+# A message, or one recipient of it, that a provider took: ``sent``, or ``delivered`` once a
+# provider's event confirmed it.
+HANDED_OVER = ("sent", "delivered")
+
 # Hot statements are built once: building a Core statement per call costs more
 # than running it (cache-key generation, coercions) on the ingest and delivery paths.
 _INSERT_MESSAGE = Direct(messages.insert(), columns_from_rows=True)
@@ -361,11 +365,13 @@ def _keep_earlier_deliveries(
 
 
 def apply_outcomes(conn: Connection, outcomes: Sequence[Outcome]) -> int:
-    """Record delivery results; a result whose lease was lost to another worker is dropped.
+    """Record delivery results. A result whose lease was lost (another worker took the
+    message over) is stale: it keeps its attempts, but leaves the message to the newer
+    delivery (see :func:`_settle_stale`).
 
     One SELECT checks every lease, then each table gets one executemany: this runs
     for every delivered message, so it must not cost a statement per row.
-    Returns how many messages were updated.
+    Returns how many messages were updated (stale results not counted).
     """
     if not outcomes:
         return 0
@@ -377,6 +383,9 @@ def apply_outcomes(conn: Connection, outcomes: Sequence[Outcome]) -> int:
         )
         if lease_owner == by_id[message_id].lease_owner
     ]
+    if len(applied) < len(by_id):
+        held = {o.message_id for o, _, _ in applied}
+        _settle_stale(conn, [o for o in by_id.values() if o.message_id not in held])
     if not applied:
         return 0
     applied = _keep_earlier_deliveries(conn, applied)
@@ -408,7 +417,13 @@ def apply_outcomes(conn: Connection, outcomes: Sequence[Outcome]) -> int:
     ]
     if recipient_rows:
         _UPDATE_RECIPIENT.executemany(conn, recipient_rows)
-    attempt_rows = [
+    _insert_attempts(conn, [o for o, _, _ in applied])
+    counters.on_outcomes(conn, applied)
+    return len(applied)
+
+
+def _insert_attempts(conn: Connection, outcomes: Sequence[Outcome]) -> None:
+    rows = [
         {
             "message_id": o.message_id,
             "attempted_at": a.attempted_at,
@@ -418,13 +433,126 @@ def apply_outcomes(conn: Connection, outcomes: Sequence[Outcome]) -> int:
             "reply": a.reply[:2000],
             "duration_ms": a.duration_ms,
         }
-        for o, _, _ in applied
+        for o in outcomes
         for a in o.attempts
     ]
-    if attempt_rows:
-        _INSERT_ATTEMPT.executemany(conn, attempt_rows)
-    counters.on_outcomes(conn, applied)
-    return len(applied)
+    if rows:
+        _INSERT_ATTEMPT.executemany(conn, rows)
+
+
+# Stale results are rare: plain SQLAlchemy statements, not Direct ones.
+_MESSAGE_STATES = sa.select(
+    messages.c.id, messages.c.status, messages.c.workspace_id, messages.c.campaign_id
+).where(messages.c.id.in_(sa.bindparam("ids", expanding=True)))
+_STILL_PENDING = sa.select(message_recipients.c.message_id, message_recipients.c.address).where(
+    message_recipients.c.message_id.in_(sa.bindparam("ids", expanding=True)),
+    message_recipients.c.status == "pending",
+)
+# The recipients of a message that did not get it (their errors make the message's).
+_UNDELIVERED_ERRORS = (
+    sa.select(message_recipients.c.address, message_recipients.c.error)
+    .where(
+        message_recipients.c.message_id == sa.bindparam("id"),
+        message_recipients.c.status.not_in(HANDED_OVER),
+    )
+    .order_by(message_recipients.c.id)
+)
+
+
+# A message waiting for a retry that a stale result delivered to its last open recipients.
+_FINISH_STALE = (
+    messages.update()
+    .where(messages.c.id == sa.bindparam("b_id"), messages.c.status == "queued")
+    .values(
+        status="sent",
+        processed_at=sa.bindparam("b_at"),
+        updated_at=sa.bindparam("b_at"),
+        next_attempt_at=sa.bindparam("b_at"),
+        provider=sa.func.coalesce(sa.bindparam("b_provider"), messages.c.provider),
+        provider_message_id=sa.func.coalesce(
+            sa.bindparam("b_provider_message_id"), messages.c.provider_message_id
+        ),
+        error=sa.bindparam("b_error"),
+        lease_owner=None,
+        lease_until=None,
+    )
+)
+
+
+def _settle_stale(conn: Connection, stale: Sequence[Outcome]) -> None:
+    """Results of deliveries whose lease another worker took over (the renewal failed, say,
+    while the database was out of reach): that worker's result is the message's state.
+
+    A stale result still talked to its providers: its attempts are kept, so the history
+    shows every try (a second delivery among them). It never overwrites what the newer
+    delivery decided; it settles only what is still open. Recipients it delivered to that
+    are still ``pending`` become ``sent``, so no later round sends to them again; and a
+    message waiting for a retry (``queued``) that no recipient is pending for any longer
+    is finished: ``sent``, through the stale result's provider, its error naming the
+    recipients that did not get it, if any. A message being delivered by the other
+    worker right now is left to that worker's result. No DSN goes out for a stale result.
+    """
+    states = _MESSAGE_STATES
+    if conn.dialect.name == "postgresql":
+        states = states.with_for_update()  # no claim takes them meanwhile
+    ids = [o.message_id for o in stale]
+    rows = {r.id: tuple(r) for r in conn.execute(states, {"ids": ids})}
+    stale = [o for o in stale if o.message_id in rows]  # not deleted meanwhile
+    _insert_attempts(conn, stale)
+    delivered = {
+        (o.message_id, address)
+        for o in stale
+        for address, status, _ in o.recipient_status
+        if status == "sent"
+    }
+    if not delivered:
+        return
+    found = conn.execute(_STILL_PENDING, {"ids": sorted({m for m, _ in delivered})})
+    pending = {(message_id, address) for message_id, address in found}
+    newly = delivered & pending
+    if not newly:
+        return
+    _UPDATE_RECIPIENT.executemany(
+        conn,
+        [
+            {"b_message_id": m, "b_address": a, "b_status": "sent", "b_error": None}
+            for m, a in sorted(newly)
+        ],
+    )
+    open_ids = {m for m, _ in pending - newly}
+    counted: list[tuple[Outcome, str, str | None]] = []
+    for o in stale:
+        sent = tuple((a, "sent", None) for m, a in sorted(newly) if m == o.message_id)
+        if not sent:
+            continue
+        _, status_now, workspace_id, campaign_id = rows[o.message_id]
+        finished = status_now == "queued" and o.message_id not in open_ids
+        if finished:
+            errors = conn.execute(_UNDELIVERED_ERRORS, {"id": o.message_id}).all()
+            error = "; ".join(f"{a}: {e}" for a, e in errors if e)[:2000] or None
+            conn.execute(
+                _FINISH_STALE,
+                {
+                    "b_id": o.message_id,
+                    "b_at": o.processed_at,
+                    "b_provider": o.provider,
+                    "b_provider_message_id": o.provider_message_id,
+                    "b_error": error,
+                },
+            )
+        # Counted as delivered; the message as finished only when it is ("processing" is
+        # one of the pending statuses, which the campaign counters do not see finish).
+        status = "sent" if finished else "processing"
+        counted.append(
+            (
+                Outcome(
+                    o.message_id, o.lease_owner, status, o.processed_at, 0, recipient_status=sent
+                ),
+                workspace_id,
+                campaign_id,
+            )
+        )
+    counters.on_outcomes(conn, counted)
 
 
 def release(conn: Connection, owner: str, now: datetime) -> int:
@@ -557,10 +685,12 @@ def _refuse_if_all_suppressed(
 def retry(
     conn: Connection, message_id: str, now: datetime, workspace_id: str | None = None
 ) -> dict[str, Any] | None:
-    """Requeue a failed or auth_error message now; returns its id, status and retry_count.
+    """Requeue a message now for the recipients that did not get it (see :func:`requeue`);
+    returns its id, status and retry_count.
 
-    None: not found; InvalidState: wrong status; AllSuppressed: every recipient it
-    would go to is suppressed (requeued, it would only fail again).
+    None: not found; InvalidState: wrong status (or ``sent`` to every recipient);
+    AllSuppressed: every recipient it would go to is suppressed (requeued, it would only
+    fail again).
     """
     cond = [messages.c.id == message_id]
     if workspace_id is not None:
@@ -570,7 +700,7 @@ def retry(
     ).first()
     if current is None:
         return None
-    if current.status in RETRYABLE_STATUSES:
+    if current.status in RETRYABLE_STATUSES or current.status in HANDED_OVER:
         _refuse_if_all_suppressed(conn, message_id, current.workspace_id, current.status)
     requeued = requeue(conn, cond, now)
     if requeued:
@@ -582,15 +712,33 @@ def retry(
     raise InvalidState(status)
 
 
+# What a retry requeues: a failed or auth_error message, or one a provider took for some
+# recipients only (``sent``: a partial delivery) while others failed for good, ran out of
+# retries or were suppressed. Only those recipients are sent to again.
+_RETRYABLE = sa.or_(
+    messages.c.status.in_(RETRYABLE_STATUSES),
+    sa.and_(
+        messages.c.status.in_(HANDED_OVER),
+        sa.exists().where(
+            message_recipients.c.message_id == messages.c.id,
+            message_recipients.c.status.in_(RETRIED_RECIPIENT_STATUSES),
+        ),
+    ),
+)
+
+
 def requeue(conn: Connection, where: Sequence[sa.ColumnElement[bool]], now: datetime) -> list[Any]:
-    """Queue the failed or auth_error messages matching ``where`` again, due now, as a
-    retry does: one more retry counted, their campaigns have them pending again (their
-    recipients' earlier failures no longer count), and their failed, auth_error and
-    suppressed recipients are pending (delivery checks suppression afresh). Returns
-    the requeued rows (id, status, retry_count, workspace_id, campaign_id)."""
+    """Queue the messages matching ``where`` that a retry takes (failed or auth_error, or
+    handed over to some recipients only) again, due now: one more retry counted, their
+    campaigns have them pending again (their recipients' earlier failures no longer
+    count), and their failed, auth_error and suppressed recipients are pending (delivery
+    checks suppression afresh). Recipients a provider took (sent, delivered) stay so:
+    the retry never sends to them again, and a retry that ends without delivering to
+    the others leaves the message ``sent``. Returns the requeued rows (id, status,
+    retry_count, workspace_id, campaign_id)."""
     rows = conn.execute(
         messages.update()
-        .where(*where, messages.c.status.in_(RETRYABLE_STATUSES))
+        .where(*where, _RETRYABLE)
         .values(
             status="queued",
             retry_count=messages.c.retry_count + 1,

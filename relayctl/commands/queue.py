@@ -333,8 +333,9 @@ def retry_message(
 ) -> None:
     """Queue a failed (or auth_error) message again, or every message the filters match.
 
-    Bulk retry acts on failed and auth_error messages, and on deferred queued ones
-    with --status queued. With --json: {"message_id", "status", "retry_count"}, or in
+    A partly delivered (sent) message given by ID is retried for the recipients that
+    did not get it, never the others. Bulk retry acts on failed and auth_error
+    messages, and on deferred queued ones with --status queued. With --json: {"message_id", "status", "retry_count"}, or in
     bulk {"action", "dry_run", "matched", "count", "ids", "skipped"}.
     """
     flt = QueueFilter(

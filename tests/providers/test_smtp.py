@@ -8,6 +8,7 @@ import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +18,7 @@ from daemon.core.retry import AUTH_ERROR, PERMANENT, SENT, TEMPORARY
 from daemon.providers import OutboxProvider, SmtpProvider, build_providers
 from daemon.providers.base import Envelope
 from daemon.providers.smtp import data_payload, quoted_address
+from tests.delivery.upstream import Upstream
 from tests.sink import Sink, server_tls_context, write_self_signed
 
 RAW = (
@@ -559,3 +561,69 @@ def test_incomplete_provider_settings_are_config_errors(
     with pytest.raises(ConfigError) as info:
         build_providers(config)
     assert info.value.key == f"providers.later.{missing}"
+
+
+BYE = "421 4.3.2 shutting down, bye"
+
+
+async def test_a_421_mid_transaction_keeps_its_text_and_the_earlier_refusals(
+    pipelining: bool,
+) -> None:
+    """An upstream going away in the middle of a transaction (421, then it hangs up), at a
+    RCPT, instead of DATA's 354 or after the message: the recipient it had refused for good
+    keeps its 5xx; every other one, accepted or not reached, is deferred with the 421's own
+    text (not "Connection lost")."""
+    wheres: dict[str, dict[str, Any]] = {
+        "rcpt": {"rcpt_replies": {"c@example.org": BYE}},
+        "data start": {"data_start": BYE},
+        "data end": {"data_reply": BYE},
+    }
+    for where, options in wheres.items():
+        options.setdefault("rcpt_replies", {})["gone@example.org"] = "550 5.1.1 no such user"
+        async with Upstream(pipelining=pipelining, **options) as s:
+            p = provider(s.port)
+            try:
+                result = await p.send(
+                    envelope("b@example.org", "gone@example.org", "c@example.org", "d@example.org")
+                )
+                assert p.idle_connections == 0, where  # the session is gone, not pooled
+                s.rcpt_replies.clear()
+                s.data_start = s.data_reply = None
+                again = await p.send(envelope("b@example.org"))  # a fresh session works
+            finally:
+                await p.close()
+        assert (result.outcome, result.code, result.reply) == (TEMPORARY, 421, BYE), where
+        by = {r.address: (r.outcome, r.code, r.reply) for r in result.recipients}
+        assert by == {
+            "b@example.org": (TEMPORARY, 421, BYE),
+            "gone@example.org": (PERMANENT, 550, "550 5.1.1 no such user"),
+            "c@example.org": (TEMPORARY, 421, BYE),
+            "d@example.org": (TEMPORARY, 421, BYE),
+        }, where
+        assert again.outcome == SENT, where
+        assert [m.rcpt_tos for m in s.messages] == [["b@example.org"]], where
+
+
+async def test_a_connection_lost_after_a_refusal_keeps_the_refusal(pipelining: bool) -> None:
+    """The upstream hangs up without a word in the middle of the RCPTs: the recipient it
+    had refused for good stays refused; the others are deferred with the lost connection."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 scripted ESMTP\r\n")
+        await reader.readline()
+        extra = b"250-PIPELINING\r\n" if pipelining else b""
+        writer.write(b"250-scripted\r\n" + extra + b"250 8BITMIME\r\n")
+        await reader.readline()  # MAIL
+        writer.write(b"250 2.1.0 ok\r\n")
+        await reader.readline()  # RCPT gone@
+        writer.write(b"550 5.1.1 no such user\r\n")
+        await reader.readline()  # RCPT b@
+        writer.close()
+
+    async with scripted(serve) as p:
+        result = await p.send(envelope("gone@example.org", "b@example.org"))
+    gone, b = result.recipients
+    assert (gone.outcome, gone.code, gone.reply) == (PERMANENT, 550, "550 5.1.1 no such user")
+    assert (b.outcome, b.code) == (TEMPORARY, None)
+    assert b.reply.startswith("SMTPServerDisconnected")
+    assert (result.outcome, result.reply) == (TEMPORARY, b.reply)

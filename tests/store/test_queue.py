@@ -128,6 +128,146 @@ def test_expired_lease_is_reaped_and_stale_outcome_dropped(engine: Engine) -> No
         assert [r.status for r in queue.get_recipients(conn, msg.id)] == ["sent"]
 
 
+def _taken_over(engine: Engine, msg: NewMessage) -> None:
+    """``dead-worker`` claims ``msg``, its lease expires, ``new-worker`` takes it over."""
+    insert(engine, msg)
+    with engine.begin() as conn:
+        queue.claim(conn, NOW, 1, "dead-worker", LEASE)
+        queue.reap_expired(conn, NOW + timedelta(minutes=6))
+        queue.claim(conn, NOW + timedelta(minutes=6), 1, "new-worker", LEASE)
+
+
+def _late(msg: NewMessage, *statuses: tuple[str, str, str | None]) -> Outcome:
+    """The dead worker's result: it did talk to its provider."""
+    outcome = "sent" if any(s == "sent" for _, s, _ in statuses) else "permanent"
+    return Outcome(
+        msg.id,
+        "dead-worker",
+        "sent" if outcome == "sent" else "failed",
+        NOW + timedelta(minutes=8),
+        0,
+        provider="outbox",
+        provider_message_id="late.eml",
+        attempts=(Attempt("outbox", outcome, NOW + timedelta(minutes=7), 250, "250 late", 9),),
+        recipient_status=statuses,
+    )
+
+
+def _state(engine: Engine, msg: NewMessage) -> tuple[Any, list[tuple[str, str]], list[str]]:
+    with engine.connect() as conn:
+        row = queue.get_message(conn, msg.id)
+        rcpts = [(r.address, r.status) for r in queue.get_recipients(conn, msg.id)]
+        tries = [f"{a.provider}:{a.outcome}:{a.reply}" for a in queue.get_attempts(conn, msg.id)]
+    return row, rcpts, tries
+
+
+def test_a_late_result_keeps_its_attempts_but_leaves_a_running_delivery_alone(
+    engine: Engine,
+) -> None:
+    """The message is being delivered by the worker that took it over: the late result
+    adds its attempt and settles the recipient it delivered (still pending), nothing else:
+    not its failure of the other, not the message's status or lease."""
+    msg = new_message(rcpts=2)
+    _taken_over(engine, msg)
+    late = _late(msg, ("r0@example.org", "sent", None), ("r1@example.org", "failed", "550 no"))
+    with engine.begin() as conn:
+        assert queue.apply_outcomes(conn, [late]) == 0
+    row, rcpts, tries = _state(engine, msg)
+    assert (row.status, row.error, row.provider) == ("processing", None, None)
+    assert rcpts == [("r0@example.org", "sent"), ("r1@example.org", "pending")]
+    assert tries == ["outbox:sent:250 late"]
+    with engine.connect() as conn:
+        owner = conn.execute(sa.select(messages.c.lease_owner).where(messages.c.id == msg.id))
+        assert owner.scalar() == "new-worker"
+        # The newer delivery only has r1 left to send to.
+        assert [r.address for r in queue.get_recipients(conn, msg.id) if r.status == "pending"] == [
+            "r1@example.org"
+        ]
+
+
+def test_a_late_delivery_finishes_a_message_waiting_for_a_retry(engine: Engine) -> None:
+    """The worker that took the message over deferred it; the late result had delivered
+    it. The message is done (it is not sent again at the retry), through the late result's
+    provider, and its campaign counts it delivered and finished, once."""
+    msg = new_message(rcpts=2, campaign_id="spring")
+    _taken_over(engine, msg)
+    later = NOW + timedelta(hours=1)
+    deferral = Outcome(
+        msg.id,
+        "new-worker",
+        "queued",
+        NOW + timedelta(minutes=7),
+        1,
+        later,
+        provider="sink",
+        error="r0@example.org: 451 busy; r1@example.org: 451 busy",
+        attempts=(Attempt("sink", "temporary", NOW + timedelta(minutes=6), 451, "451 busy"),),
+    )
+    late = _late(msg, ("r0@example.org", "sent", None), ("r1@example.org", "sent", None))
+    with engine.begin() as conn:
+        assert queue.apply_outcomes(conn, [deferral]) == 1
+        assert queue.apply_outcomes(conn, [late]) == 0
+    row, rcpts, tries = _state(engine, msg)
+    assert (row.status, row.provider, row.provider_message_id) == ("sent", "outbox", "late.eml")
+    assert (row.error, row.retry_count, row.processed_at) == (None, 1, late.processed_at)
+    assert rcpts == [("r0@example.org", "sent"), ("r1@example.org", "sent")]
+    assert tries == ["sink:temporary:451 busy", "outbox:sent:250 late"]
+    with engine.begin() as conn:
+        assert queue.claim(conn, later, 5, "w", LEASE) == []  # nothing left to deliver
+        camp = conn.execute(
+            sa.select(audience.campaigns).where(audience.campaigns.c.id == "spring")
+        ).one()
+    assert (camp.sent, camp.delivered, camp.bounced, camp.pending) == (2, 2, 0, 0)
+    assert camp.completed_at is not None
+
+
+def test_a_late_delivery_to_some_recipients_leaves_the_rest_to_the_retry(engine: Engine) -> None:
+    msg = new_message(rcpts=2)
+    _taken_over(engine, msg)
+    later = NOW + timedelta(hours=1)
+    deferral = Outcome(msg.id, "new-worker", "queued", NOW, 1, later, error="451 busy")
+    late = _late(msg, ("r0@example.org", "sent", None))
+    with engine.begin() as conn:
+        queue.apply_outcomes(conn, [deferral])
+        queue.apply_outcomes(conn, [late])
+    row, rcpts, _ = _state(engine, msg)
+    assert (row.status, row.error) == ("queued", "451 busy")
+    assert rcpts == [("r0@example.org", "sent"), ("r1@example.org", "pending")]
+    with engine.begin() as conn:
+        (again,) = queue.claim(conn, later, 5, "w", LEASE)
+    assert [r.address for r in again.recipients] == ["r1@example.org"]
+
+
+def test_a_late_result_never_overwrites_what_was_decided(engine: Engine) -> None:
+    """The newer delivery already failed the recipient for good: that stays, and so does
+    the message; the late attempt is still in the history. A late result for a message
+    deleted meanwhile is dropped without an error."""
+    msg, gone = new_message(), new_message()
+    _taken_over(engine, msg)
+    failed = Outcome(
+        msg.id,
+        "new-worker",
+        "failed",
+        NOW,
+        0,
+        error="r0@example.org: 550 no",
+        recipient_status=(("r0@example.org", "failed", "550 no"),),
+    )
+    with engine.begin() as conn:
+        queue.apply_outcomes(conn, [failed])
+        late = [
+            _late(msg, ("r0@example.org", "sent", None)),
+            _late(gone, ("r0@example.org", "sent", None)),
+        ]
+        assert queue.apply_outcomes(conn, late) == 0
+    row, rcpts, tries = _state(engine, msg)
+    assert (row.status, row.error) == ("failed", "r0@example.org: 550 no")
+    assert rcpts == [("r0@example.org", "failed")]
+    assert tries == ["outbox:sent:250 late"]
+    with engine.connect() as conn:
+        assert queue.get_attempts(conn, gone.id) == []
+
+
 def test_delay_dsn_is_recorded_with_its_outcome_once(engine: Engine) -> None:
     scheduled = NOW - timedelta(hours=1)
     msg = new_message(send_at=scheduled)
@@ -219,6 +359,85 @@ def test_retry_sends_to_suppressed_recipients_again_unless_all_still_are(engine:
         assert queue.retry(conn, failed.id, NOW) is not None
         # Both go to delivery, which checks r0's suppression afresh.
         assert [r.status for r in queue.get_recipients(conn, failed.id)] == ["pending"] * 2
+
+
+def _partly_sent(engine: Engine, *statuses: str) -> NewMessage:
+    """A ``sent`` message whose recipients r0, r1... ended with ``statuses``."""
+    msg = new_message(rcpts=len(statuses), campaign_id="spring")
+    insert(engine, msg)
+    with engine.begin() as conn:
+        (claimed,) = queue.claim(conn, NOW, 1, "w", LEASE)
+        outcome = Outcome(
+            msg.id,
+            "w",
+            "sent",
+            NOW,
+            0,
+            provider="sink",
+            provider_message_id="SINK1",
+            error="r1@example.org: 451 busy",
+            recipient_status=tuple(
+                (r.address, status, None if status == "sent" else "451 busy")
+                for r, status in zip(claimed.recipients, statuses, strict=True)
+            ),
+        )
+        assert queue.apply_outcomes(conn, [outcome]) == 1
+    return msg
+
+
+def test_retry_of_a_partial_delivery_sends_only_to_the_recipients_without_it(
+    engine: Engine,
+) -> None:
+    msg = _partly_sent(engine, "sent", "failed")
+    with engine.begin() as conn:
+        result = queue.retry(conn, msg.id, NOW + timedelta(minutes=1))
+        assert result == {"message_id": msg.id, "status": "queued", "retry_count": 1}
+        assert [(r.address, r.status) for r in queue.get_recipients(conn, msg.id)] == [
+            ("r0@example.org", "sent"),
+            ("r1@example.org", "pending"),
+        ]
+        (again,) = queue.claim(conn, NOW + timedelta(minutes=1), 5, "w2", LEASE)
+        assert [r.address for r in again.recipients] == ["r1@example.org"]
+        camp = conn.execute(
+            sa.select(audience.campaigns).where(audience.campaigns.c.id == "spring")
+        ).one()
+        # r1's failure no longer counts; the message is pending again.
+        assert (camp.sent, camp.delivered, camp.bounced, camp.pending) == (1, 1, 0, 1)
+        # It fails again: the message stays sent (r0 got it), through the same provider.
+        retried = Outcome(
+            msg.id,
+            "w2",
+            "failed",
+            NOW + timedelta(minutes=2),
+            1,
+            error="r1@example.org: 451 busy",
+            recipient_status=(("r1@example.org", "failed", "451 busy"),),
+        )
+        assert queue.apply_outcomes(conn, [retried]) == 1
+    row, rcpts, _ = _state(engine, msg)
+    assert (row.status, row.provider, row.provider_message_id) == ("sent", "sink", "SINK1")
+    assert rcpts == [("r0@example.org", "sent"), ("r1@example.org", "failed")]
+    # A message every recipient got is not retried, alone or in bulk.
+    everyone = _partly_sent(engine, "sent", "sent")
+    with engine.begin() as conn, pytest.raises(queue.InvalidState) as info:
+        queue.retry(conn, everyone.id, NOW)
+    assert info.value.status == "sent"
+    with engine.begin() as conn:
+        assert queue.requeue(conn, [messages.c.id == everyone.id], NOW) == []
+
+
+def test_a_partial_delivery_whose_others_are_all_suppressed_is_refused(engine: Engine) -> None:
+    msg = _partly_sent(engine, "sent", "suppressed")
+    with engine.begin() as conn:
+        audience.insert_recipient(
+            conn,
+            {"workspace_id": "default", "email": "r1@example.org", "status": "UNSUBSCRIBED",
+             "metadata": {}, "suppression_reason": "test", "created_at": NOW, "updated_at": NOW},
+        )  # fmt: skip
+    with engine.begin() as conn, pytest.raises(queue.AllSuppressed) as info:
+        queue.retry(conn, msg.id, NOW)
+    assert info.value.status == "sent"
+    assert [a for a, _ in info.value.suppressed] == ["r1@example.org"]
 
 
 def test_list_filters_and_totals(engine: Engine) -> None:
