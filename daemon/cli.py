@@ -1,14 +1,22 @@
-"""``relayd``: turn flags into a Config and run the Server (or check-config / migrate)."""
+"""``relayd``: turn flags into a Config and run the Server (or check-config / migrate).
+
+Exit codes: 0 ok; 1 a runtime failure, one that may pass (a port or the data_dir
+taken by another process, the database unreachable), so systemd's
+``Restart=on-failure`` tries again; 2 a bad configuration or usage, which a restart
+cannot fix (``RestartPreventExitStatus=2`` in daemon/systemd/relayd.service).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import logging
 import os
 import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -113,12 +121,15 @@ def _check_storage(config: Config) -> None:
 
 
 def _check(config: Config) -> list[str]:
-    """Validation that needs the filesystem: the data dir is writable, the TLS files load.
+    """Validation that needs the filesystem: the data dir is writable, the TLS files load,
+    providers have their credentials (files read).
 
     Returns warnings: things that do not stop relayd but that an operator should hear.
     """
+    from daemon.providers.validation import check_credentials
     from daemon.tls import certificate_warnings, ensure_certificate, server_ssl_context
 
+    check_credentials(config)
     _writable_directory("data_dir", config.data_path)
     _check_storage(config)
     cert, key = ensure_certificate(config)
@@ -131,6 +142,70 @@ def _os_problem(exc: OSError) -> str:
     if not exc.strerror:
         return str(exc)
     return f"{exc.strerror}: {exc.filename!r}" if exc.filename else exc.strerror
+
+
+LOCK_FILE = "relayd.lock"
+
+
+class DataDirInUse(Exception):
+    """Another relayd (a daemon, or ``relayd migrate``) holds the data_dir's lock."""
+
+    def __init__(self, data_dir: Path, pid: int | None) -> None:
+        holder = f"pid {pid}" if pid else "pid not known"
+        super().__init__(f"data_dir {str(data_dir)!r} is in use by another relayd ({holder})")
+        self.data_dir = data_dir
+        self.pid = pid
+
+
+class DataDirLock:
+    """``data_dir/relayd.lock``, flock'd while this process runs and holding its pid.
+
+    Two daemons on one data_dir would share the queue, the outbox and the generated
+    token and certificate, each believing it alone leases and retries. The kernel
+    drops an flock with the last descriptor, however the process ends (kill -9
+    included), so the file left behind never blocks a restart: only a live holder
+    does. The descriptor is not inherited (O_CLOEXEC), so SMTP worker processes
+    never hold the lock of a daemon that has died.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock, or raise DataDirInUse naming the holder's pid (OSError otherwise)."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DataDirInUse(self.path.parent, self._holder()) from None
+        except OSError:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def _holder(self, wait: float = 1.0) -> int | None:
+        # The holder writes its pid right after it takes the lock: allow it that moment.
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                text = self.path.read_text().strip()
+            except (OSError, UnicodeDecodeError):
+                text = ""
+            if text.isdigit():
+                return int(text)
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.02)
+
+    def release(self) -> None:
+        """Drop the lock (the file stays: removing it would race a starting relayd)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def _exit_quietly(signum: int, _frame: FrameType | None) -> None:
@@ -170,26 +245,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         print(f"configuration ok ({args.config or 'built-in defaults'})")
         return 0
+    if args.command == "migrate":
+        return _migrate(config)
+
     from sqlalchemy.exc import SQLAlchemyError
 
-    from daemon.store.migrate import MigrationError
-
-    if args.command == "migrate":
-        from daemon.store.engine import make_engine
-        from daemon.store.migrate import upgrade
-
-        try:
-            before, after = upgrade(make_engine(config.database_url))
-        except SQLAlchemyError as exc:
-            return _fail(f"migration failed: {_database_problem(config, exc)}", 1)
-        except MigrationError as exc:
-            return _fail(f"migration failed: {exc}", 1)
-        except OSError as exc:
-            return _fail(f"migration failed: {_os_problem(exc)}", 1)
-        print(f"database at {after} (was {before or 'empty'})")
-        return 0
-
     from daemon.server import Server
+    from daemon.store.migrate import MigrationError
 
     def reload() -> Config:
         """SIGHUP: the file, environment and flags again, checked as at start."""
@@ -198,6 +260,13 @@ def main(argv: list[str] | None = None) -> int:
             log.warning("%s", warning)
         return config
 
+    lock = DataDirLock(config.data_path)
+    try:
+        lock.acquire()
+    except DataDirInUse as exc:
+        return _fail(f"cannot start: {exc}; stop it first, or give this one its own data_dir", 1)
+    except OSError as exc:
+        return _fail(f"cannot start: {_os_problem(exc)}", 1)
     # The store's writer thread hands every commit back to the event loop; a short
     # switch interval stops it waiting 5 ms for the GIL each time (+20-27% ingest).
     sys.setswitchinterval(0.001)
@@ -214,6 +283,42 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"cannot start: {_os_problem(exc)}", 1)
     except KeyboardInterrupt:
         return 0
+    finally:
+        lock.release()
+    return 0
+
+
+def _migrate(config: Config) -> int:
+    """``relayd migrate``: never under a running relayd (new tables under old code).
+
+    It holds the data_dir's lock while it runs, so a relayd starting meanwhile waits
+    (exit 1, and systemd tries again) instead of migrating the same database at once.
+    No data_dir yet: no relayd has run there, and migrate does not create one.
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from daemon.store.engine import make_engine
+    from daemon.store.migrate import MigrationError, upgrade
+
+    lock = DataDirLock(config.data_path)
+    try:
+        if config.data_path.is_dir():
+            lock.acquire()
+    except DataDirInUse as exc:
+        return _fail(f"migration refused: {exc}; stop it first", 1)
+    except OSError as exc:
+        return _fail(f"migration refused: {_os_problem(exc)}", 1)
+    try:
+        before, after = upgrade(make_engine(config.database_url))
+    except SQLAlchemyError as exc:
+        return _fail(f"migration failed: {_database_problem(config, exc)}", 1)
+    except MigrationError as exc:
+        return _fail(f"migration failed: {exc}", 1)
+    except OSError as exc:
+        return _fail(f"migration failed: {_os_problem(exc)}", 1)
+    finally:
+        lock.release()
+    print(f"database at {after} (was {before or 'empty'})")
     return 0
 
 

@@ -476,7 +476,8 @@ class Config:
 
     data_dir: str = setting(
         "./relay-data",
-        "where the SQLite database, outbox, token and certificate live",
+        "where the SQLite database, outbox, token, certificate and lock file live;"
+        " under systemd the default is StateDirectory= ($STATE_DIRECTORY)",
         _non_empty,
     )
     log_level: str = setting(
@@ -807,7 +808,12 @@ def load_config(
     flags: Layer | None = None,
     runtime: Layer | None = None,
 ) -> Config:
-    """Build the Config: defaults < TOML file < environment < flags < runtime changes."""
+    """Build the Config: defaults < TOML file < environment < flags < runtime changes.
+
+    Under systemd, ``StateDirectory=`` (``$STATE_DIRECTORY``) replaces the default
+    data_dir, below the file: the unit needs no RELAY_DATA_DIR, which would override
+    the ``data_dir`` of the file it names with --config.
+    """
     env = os.environ if env is None else env
     file_layer = read_toml(path) if path is not None else {}
     provider_ids = [
@@ -817,6 +823,9 @@ def load_config(
         for pid in layer["providers"]
     ]
     layers: list[tuple[str, Layer]] = [("file", file_layer), ("env", env_layer(env, provider_ids))]
+    state_directory = env.get("STATE_DIRECTORY", "").split(":")[0]
+    if state_directory:
+        layers.insert(0, ("env", {"data_dir": state_directory}))
     if flags:
         layers.append(("flag", flags))
     if runtime:

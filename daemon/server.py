@@ -2,7 +2,8 @@
 
 ``Server(config)`` is used by ``relayd`` and, unchanged, by the loopback tests.
 SIGTERM drains (stop accepting, finish in-flight deliveries within the grace,
-release leases) and exits 0; SIGHUP re-reads the configuration file.
+release leases) and exits 0; SIGHUP re-reads the configuration file and the TLS
+certificate and key (renewed in place by certbot, say), in SMTP workers too.
 """
 
 from __future__ import annotations
@@ -30,9 +31,12 @@ from daemon.smtp.listener import SmtpListeners
 from daemon.smtp.workers import WorkerPool
 from daemon.store.engine import make_engine
 from daemon.store.migrate import upgrade
-from daemon.tls import ensure_certificate, server_ssl_context
+from daemon.tls import ServerTls, ensure_certificate
 
 log = logging.getLogger("relayd")
+
+# Read again on every SIGHUP (Server.reload): a new pair needs no restart.
+LIVE_TLS_KEYS = frozenset({"smtp.tls_cert", "smtp.tls_key"})
 
 
 class _Uvicorn(uvicorn.Server):
@@ -90,6 +94,7 @@ class Server:
         self.dispatcher: Dispatcher
         self.jobs: Jobs
         self.webhooks: WebhookSender
+        self.tls: ServerTls
 
     @property
     def data_dir(self) -> Path:
@@ -140,6 +145,7 @@ class Server:
         self.service.maintenance = maintenance
         await self.service.start()
         cert, key = ensure_certificate(config)
+        self.tls = ServerTls(cert, key)
         # SMTP in worker processes: delivery's writes wait to share commits (see the constant).
         self.dispatcher = Dispatcher(
             self.service,
@@ -150,7 +156,7 @@ class Server:
         if config.smtp.workers > 0:
             self.smtp = WorkerPool(config, self.service, str(cert), str(key), config.smtp.workers)
         else:
-            self.smtp = SmtpListeners(config, self.service, server_ssl_context(cert, key))
+            self.smtp = SmtpListeners(config, self.service, self.tls.context)
         try:
             await self.smtp.start()
         except socket.gaierror as exc:
@@ -192,8 +198,10 @@ class Server:
             await asyncio.sleep(0.01)
 
     def reload(self) -> None:
-        """SIGHUP: re-read the configuration and apply what can change without a restart."""
-        if self._reload is None:
+        """SIGHUP: re-read the configuration and the TLS pair; apply what needs no restart."""
+        if self._reload is None:  # a Server built without a config file: only the TLS pair
+            if (tls := self._reload_tls()) is not None:
+                log.info("TLS certificate reloaded%s", tls or ": unchanged")
             return
         try:
             base = self._reload()
@@ -203,16 +211,37 @@ class Server:
             return
         # The same classification as PUT /api/admin/config, so both name the same keys.
         keys = changed(self.config, config)
-        restart = needs_restart(keys, self.config)
+        restart = [k for k in needs_restart(keys, self.config) if k not in LIVE_TLS_KEYS]
         self.config = config
         self.service.base_config = base
         self.service.reconfigure(config)
         logging.getLogger().setLevel(config.log_level.upper())
+        tls = self._reload_tls()
         log.info(
-            "configuration reloaded: %s%s",
+            "configuration reloaded: %s%s%s",
             f"changed {', '.join(keys)}" if keys else "nothing changed",
             f"; restart needed for {', '.join(restart)}" if restart else "",
+            tls or "",
         )
+
+    def _reload_tls(self) -> str | None:
+        """Serve the configured (or generated) pair, read again, to new TLS handshakes.
+
+        Returns what to add to the reload line ("" when the certificate is the same),
+        or None when the pair does not load: then the one in service stays, said in
+        one line.
+        """
+        try:
+            cert, key = ensure_certificate(self.config)
+            renewed = self.tls.load(cert, key)
+        except ConfigError as exc:
+            log.error(
+                "TLS certificate reload refused, still serving %s: %s", self.tls.describe(), exc
+            )
+            return None
+        if isinstance(self.smtp, WorkerPool):
+            self.smtp.reload_tls(str(cert), str(key))
+        return f"; serving the new TLS certificate {self.tls.describe()}" if renewed else ""
 
     async def stop(self) -> None:
         """Stop accepting, drain deliveries within the grace, release leases, close the store.

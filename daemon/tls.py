@@ -3,10 +3,14 @@
 A first run needs STARTTLS and SMTPS without any setup, so when ``smtp.tls_cert``
 is empty we generate an ECDSA P-256 certificate into ``<data_dir>/tls/`` (key
 mode 0600) and reuse it on every later start until it nears expiry.
+
+:class:`ServerTls` lets SIGHUP replace the certificate (certbot renewing the files
+in place) without a restart and without touching sessions already open.
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import ssl
@@ -162,3 +166,63 @@ def server_ssl_context(cert: Path, key: Path) -> ssl.SSLContext:
             f"not a matching PEM certificate and private key ({exc.__class__.__name__})",
         ) from None
     return context
+
+
+def fingerprint(cert: Path) -> str:
+    """SHA-256 of the (first) certificate in a PEM file, as hex: what a client sees."""
+    parsed = x509.load_pem_x509_certificate(cert.read_bytes())
+    return hashlib.sha256(parsed.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+class ServerTls:
+    """The listeners' TLS context, whose certificate and key can be replaced while serving.
+
+    The listeners keep :attr:`context` for good (an SMTPS server binds its context
+    when it is created). Its SNI callback, which OpenSSL runs in every handshake, with
+    or without SNI from the client, moves the handshake to the context of the latest
+    pair: a swap is one assignment, so no handshake ever meets a half-loaded pair, and
+    sessions already open keep the certificate they started with.
+    """
+
+    def __init__(self, cert: Path, key: Path) -> None:
+        self.context = server_ssl_context(cert, key)
+        self.context.sni_callback = self._select
+        self._current = self.context
+        self.cert, self.key = cert, key
+        self.fingerprint = self._fingerprint(cert)
+
+    @staticmethod
+    def _fingerprint(cert: Path) -> str:
+        try:
+            return fingerprint(cert)
+        except (OSError, ValueError):  # replaced again since it loaded: only log lines use it
+            return ""
+
+    def _select(
+        self, sslobj: ssl.SSLObject, server_name: str | None, context: ssl.SSLContext
+    ) -> None:
+        current = self._current
+        if current is not context:
+            sslobj.context = current
+
+    def load(self, cert: Path, key: Path) -> bool:
+        """Serve ``cert``/``key`` to new handshakes; True when the certificate is a new one.
+
+        A pair that does not load raises ConfigError naming the key, and the pair in
+        service stays.
+        """
+        context = server_ssl_context(cert, key)
+        before = self.fingerprint
+        self._current = context
+        self.cert, self.key = cert, key
+        self.fingerprint = self._fingerprint(cert)
+        return self.fingerprint != before
+
+    def describe(self) -> str:
+        """``<path> (sha256 <first 16 hex digits>, valid until <date>)`` for log lines."""
+        try:
+            parsed = x509.load_pem_x509_certificate(self.cert.read_bytes())
+            until = parsed.not_valid_after_utc.date().isoformat()
+        except (OSError, ValueError):
+            until = "?"
+        return f"{self.cert} (sha256 {self.fingerprint[:16]}, valid until {until})"

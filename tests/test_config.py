@@ -9,6 +9,7 @@ import pytest
 
 from daemon.config import ConfigError, as_dict, build_config, load_config, parse_assignment
 from daemon.core.durations import Duration
+from daemon.overrides import apply_runtime
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -57,7 +58,7 @@ def test_provider_tables_and_env_override(tmp_path: Path) -> None:
     path = write(
         tmp_path,
         '[providers.up]\ntype = "smtp"\nhost = "mx.example"\nport = 25\ntls = "starttls"\n'
-        'password = "pw"\ntimeout = "10s"\n',
+        'username = "relay"\npassword = "pw"\ntimeout = "10s"\n',
     )
     config = load_config(path, {"RELAY_PROVIDERS_UP_PORT": "2525"})
     up = config.providers["up"]
@@ -171,7 +172,8 @@ def test_as_dict_masks_every_secret(tmp_path: Path) -> None:
         f'[auth]\nadmin_token = "admin-token-value"\njwt_secret = "{secrets["jwt"]}"\n'
         f'[tracking]\nsecret = "{secrets["tracking"]}"\n'
         f'[webhooks]\nmandrill_key = "{secrets["mandrill"]}"\n'
-        f'[providers.up]\ntype = "smtp"\nhost = "mx.example"\npassword = "{secrets["smtp"]}"\n'
+        f'[providers.up]\ntype = "smtp"\nhost = "mx.example"\nusername = "relay"\n'
+        f'password = "{secrets["smtp"]}"\n'
         f'[providers.mg]\ntype = "mailgun"\ndomain = "mg.example"\n'
         f'api_key = "{secrets["mailgun"]}"\n'
         f'[providers.sg]\ntype = "sendgrid"\napi_key = "{secrets["sendgrid"]}"\n'
@@ -230,3 +232,20 @@ def test_set_needs_a_key_on_both_sides_of_the_dot() -> None:
     for text in ("=1", ".=1", "queue.=1", ".batch_size=1"):
         with pytest.raises(ConfigError, match=r"expected section\.key=value"):
             parse_assignment(text)
+
+
+def test_systemd_state_directory_is_the_default_data_dir_below_the_file(tmp_path: Path) -> None:
+    """relayd.service sets no RELAY_DATA_DIR (it would beat the file); StateDirectory= does."""
+    state = {"STATE_DIRECTORY": "/var/lib/relay:/var/lib/other"}
+    config = load_config(env=state)
+    assert config.data_dir == "/var/lib/relay"
+    assert config.database_url == "sqlite:////var/lib/relay/relay.db"
+    assert config.source("data_dir") == "env"
+    path = write(tmp_path, 'data_dir = "/srv/relay"\n')
+    config = load_config(path, state)
+    assert (config.data_dir, config.source("data_dir")) == ("/srv/relay", "file")
+    assert load_config(path, {**state, "RELAY_DATA_DIR": "/x"}).data_dir == "/x"
+    assert load_config(path, {"STATE_DIRECTORY": ""}).data_dir == "/srv/relay"
+    assert load_config(env={"STATE_DIRECTORY": ""}).data_dir == "./relay-data"
+    # PUT /api/admin/config rebuilds the Config from its sources: the default stays.
+    assert apply_runtime(load_config(env=state), {}).data_dir == "/var/lib/relay"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import ipaddress
+import socket
 import ssl
 import stat
 from collections.abc import Callable
@@ -15,8 +18,10 @@ from cryptography import x509
 
 from daemon.config import ConfigError
 from daemon.tls import (
+    ServerTls,
     certificate_warnings,
     ensure_certificate,
+    fingerprint,
     generate_self_signed,
     server_ssl_context,
 )
@@ -126,3 +131,47 @@ def test_expired_certificate_is_a_warning(tmp_path: Path) -> None:
     later = NOW + timedelta(days=3651)
     (warning,) = certificate_warnings(tmp_path / "c.pem", later)
     assert warning.startswith("smtp.tls_cert:") and "expired on" in warning
+
+
+def _served(port: int, server_name: str | None) -> str:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    with context.wrap_socket(sock, server_hostname=server_name) as tls:
+        der = tls.getpeercert(binary_form=True)
+        assert der is not None and tls.recv(2) == b"ok"
+    return hashlib.sha256(der).hexdigest()
+
+
+async def test_server_tls_swaps_the_pair_for_new_handshakes_only(tmp_path: Path) -> None:
+    """An SMTPS-style server keeps the context it was created with; ServerTls.load still
+    changes what new handshakes (with or without SNI) get, and a bad pair changes nothing."""
+    for name in ("a", "b"):
+        generate_self_signed(tmp_path / f"{name}.crt", tmp_path / f"{name}.key", "relay.test", NOW)
+    tls = ServerTls(tmp_path / "a.crt", tmp_path / "a.key")
+    a, b = fingerprint(tmp_path / "a.crt"), fingerprint(tmp_path / "b.crt")
+    assert tls.fingerprint == a
+
+    async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"ok")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(greet, "127.0.0.1", 0, ssl=tls.context)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        assert await asyncio.to_thread(_served, port, None) == a
+        assert tls.load(tmp_path / "b.crt", tmp_path / "b.key") is True
+        assert tls.load(tmp_path / "b.crt", tmp_path / "b.key") is False  # the same one again
+        for server_name in (None, "relay.test"):
+            assert await asyncio.to_thread(_served, port, server_name) == b
+        with pytest.raises(ConfigError) as info:
+            tls.load(tmp_path / "a.crt", tmp_path / "b.key")
+        assert info.value.key == "smtp.tls_cert"
+        assert (tls.cert, tls.fingerprint) == (tmp_path / "b.crt", b)
+        assert await asyncio.to_thread(_served, port, None) == b
+        assert f"b.crt (sha256 {b[:16]}, valid until 2035-" in tls.describe()
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -9,6 +9,9 @@ and domain through ``GET /v3/domains/{domain}`` (state, DNS records, sending).
 Refused credentials are an answer (``valid: false`` and a reason); a provider
 that cannot answer (timeout, 5xx, 429) raises :class:`ProviderUnreachable`,
 which the API turns into 502 ``PROVIDER_ERROR``.
+
+:func:`check_credentials` is the offline part, for ``relayd check-config``, start-up
+and SIGHUP: the credentials each provider type cannot work without are there.
 """
 
 from __future__ import annotations
@@ -20,14 +23,16 @@ from typing import Any
 
 import httpx
 
+from daemon.config import Config, ConfigError, ProviderConfig
 from daemon.core.retry import TEMPORARY
+from daemon.providers.gmail import load_account
 from daemon.providers.google_token import (
     ServiceAccount,
     ServiceAccountError,
     TokenError,
     exchange,
 )
-from daemon.providers.rest import reply_text, transport_reply
+from daemon.providers.rest import reply_text, required, secret, transport_reply
 
 GMAIL_CHECKS = (
     "json",
@@ -42,6 +47,41 @@ TIMEOUT = 15.0
 
 class ProviderUnreachable(Exception):
     """The provider did not give a usable answer (transport error, 5xx, 429)."""
+
+
+def _smtp_login(pc: ProviderConfig) -> None:
+    """An upstream login takes both halves: with one, relayd would send unauthenticated
+    (and be refused as an open relay) or fail at the first AUTH."""
+    username = str(pc.options.get("username") or "")
+    password = secret(pc, "password")
+    if username and not password:
+        raise ConfigError(
+            f"providers.{pc.id}.password",
+            "an smtp provider with a username needs password or password_file",
+        )
+    if password and not username:
+        raise ConfigError(
+            f"providers.{pc.id}.username", "an smtp provider with a password needs a username"
+        )
+
+
+def check_credentials(config: Config) -> None:
+    """Refuse, naming the key, a provider missing what its type cannot deliver without.
+
+    Disabled providers are checked too: every provider is built at start-up, and
+    ``enabled`` can be switched on while relayd runs (PUT /api/admin/config), with
+    no file read that could catch it then.
+    """
+    for pc in config.providers.values():
+        if pc.type == "mailgun":
+            required(pc, "api_key")
+            required(pc, "domain", has_file=False)
+        elif pc.type == "sendgrid":
+            required(pc, "api_key")
+        elif pc.type == "gmail":
+            load_account(pc)  # present, and a service-account key (the start-up check)
+        elif pc.type == "smtp":
+            _smtp_login(pc)
 
 
 async def validate_gmail(

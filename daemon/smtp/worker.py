@@ -4,8 +4,9 @@ Started only by :class:`daemon.smtp.workers.WorkerPool`, which passes the contro
 socket and the listening sockets as inherited file descriptors and sends the
 configuration as the first control packet. The worker serves SMTP with the same
 listener, handler and durable enqueue as the daemon itself, forwards wake-ups
-and SMTP metrics to the daemon, follows its config and maintenance changes, and
-stops on ``("stop", grace)``, SIGTERM or SIGINT, or when the daemon goes away.
+and SMTP metrics to the daemon, follows its config and maintenance changes and
+its TLS certificate reloads, and stops on ``("stop", grace)``, SIGTERM or SIGINT,
+or when the daemon goes away.
 """
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from daemon.cli import loop_factory, setup_logging
-from daemon.config import Config
+from daemon.config import Config, ConfigError
 from daemon.core.maintenance import MaintenanceState
 from daemon.metrics import RelayMetrics
 from daemon.service import RelayService
 from daemon.smtp.listener import SmtpListeners
 from daemon.smtp.workers import PACKET, decode, encode, receive
 from daemon.store.engine import make_engine
-from daemon.tls import server_ssl_context
+from daemon.tls import ServerTls
 
 log = logging.getLogger("relayd.smtp")
 
@@ -108,6 +109,7 @@ class Worker:
         self.grace = DEFAULT_GRACE
         self._stop: asyncio.Event | None = None
         self.service: RelayService | None = None
+        self.tls: ServerTls | None = None
         self._buffer = bytearray(PACKET)
 
     async def run(self) -> int:
@@ -121,7 +123,8 @@ class Worker:
         service.maintenance = self.maintenance
         service.metrics = _ForwardedMetrics(self.link)
         await service.start(wake=_WakeDaemon(self.link))
-        listeners = SmtpListeners(self.config, service, server_ssl_context(self.cert, self.key))
+        self.tls = ServerTls(self.cert, self.key)
+        listeners = SmtpListeners(self.config, service, self.tls.context)
         listeners.hostname = self.hostname
         try:
             await listeners.start(self.sockets)
@@ -154,9 +157,23 @@ class Worker:
                     self.service.reconfigure(message[1])
                 elif kind == "maintenance":
                     self.service.maintenance = message[1]
+                elif kind == "tls":
+                    self._reload_tls(Path(message[1]), Path(message[2]))
                 elif kind == "stop":
                     self.grace = float(message[1])
                     self._stop.set()
+
+    def _reload_tls(self, cert: Path, key: Path) -> None:
+        assert self.tls is not None
+        try:
+            self.tls.load(cert, key)
+        except ConfigError as exc:  # replaced again since the daemon loaded it
+            log.error(
+                "SMTP worker %d: TLS certificate reload refused, still serving %s: %s",
+                self.index,
+                self.tls.describe(),
+                exc,
+            )
 
 
 def main(argv: list[str]) -> int:

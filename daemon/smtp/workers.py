@@ -18,8 +18,9 @@ one pickled list of messages per packet:
 
 - daemon to worker: ``("init", Config, MaintenanceState, hostname, cert, key)``
   first, then ``("config", Config)`` and ``("maintenance", state)`` whenever
-  those change (SIGHUP, ``PUT /api/admin/config``, maintenance mode), and
-  ``("stop", grace)``;
+  those change (SIGHUP, ``PUT /api/admin/config``, maintenance mode),
+  ``("tls", cert, key)`` on SIGHUP once the daemon has loaded that pair itself
+  (new handshakes get it; open sessions keep theirs), and ``("stop", grace)``;
 - worker to daemon: ``("ready",)``; ``("wake",)`` after a commit of new mail,
   so idle delivery workers claim it at once; ``("metric", name, args)`` for the
   Prometheus figures of the SMTP path (accepted messages, transaction time).
@@ -349,6 +350,13 @@ class WorkerPool:
         code = self._reap(worker)
         log.error("SMTP worker %d exited (code %s); starting it again", worker.index, code)
         self._spawn(worker)
+
+    def reload_tls(self, cert: str, key: str) -> None:
+        """Every worker serves ``cert``/``key`` to new handshakes; a restarted one starts so."""
+        self.cert, self.key = cert, key
+        packet = encode([("tls", cert, key)])
+        for worker in self._workers:
+            self._send(worker, packet)
 
     def _broadcast_state(self) -> None:
         """The config or maintenance state changed: every worker follows."""

@@ -182,10 +182,17 @@ def test_sighup_refuses_a_broken_pair_and_names_restart_keys(
     # A mismatched pair would have been accepted and stopped the next start.
     refused = hup(tls("a.crt", "b.key"))
     assert "reload refused, keeping the running configuration: smtp.tls_cert" in refused
-    # A new certificate was "reloaded" without a word, yet only a restart loads it.
+    # A provider without its key was taken, and the next start refused it.
+    keyless = hup(good + '[providers.mg]\ntype = "mailgun"\ndomain = "mg.example.com"\n')
+    assert "reload refused, keeping the running configuration: providers.mg.api_key" in keyless
+    # Another pair is loaded by the reload itself (tests/e2e/test_tls_reload.py): no restart.
     changed = hup(tls(str(tmp_path / "a.crt"), str(tmp_path / "a.key")))
-    assert "restart needed for smtp.tls_cert, smtp.tls_key" in changed
+    assert "changed smtp.tls_cert, smtp.tls_key; serving the new TLS certificate" in changed
+    assert "restart needed" not in changed
     renamed = hup(good.replace('hostname = "relay.test"', 'hostname = "other.test"'))
-    assert "changed smtp.hostname, smtp.tls_cert, smtp.tls_key; restart needed for" in renamed
+    assert (
+        "changed smtp.hostname, smtp.tls_cert, smtp.tls_key; restart needed for smtp.hostname;"
+        " serving the new TLS certificate" in renamed
+    )
     assert len(renamed.strip().splitlines()) == 1
     assert daemon.terminate() == 0
