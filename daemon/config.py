@@ -139,6 +139,11 @@ def _jwt_secret(value: str) -> None:
         raise ValueError("must be at least 32 bytes (HS256 needs a key as long as its hash)")
 
 
+def _at_most_a_minute(value: Duration) -> None:
+    if value.seconds > 60:
+        raise ValueError("must be at most 60s (the client is waiting for the reply)")
+
+
 def setting(default: Any, doc: str, check: typing.Callable[[Any], None] | None = None) -> Any:
     """Declare one setting: its default, a one-line description and an optional check."""
     meta = {"doc": doc, "check": check}
@@ -159,6 +164,26 @@ class SmtpConfig:
         ["127.0.0.0/8", "::1/128"], "clients allowed to relay without AUTH", _networks
     )
     require_auth: bool = setting(False, "demand AUTH even from trusted networks")
+    auth_failure_delay: Duration = setting(
+        Duration(1.0, "1s"),
+        "pause before answering a failed AUTH (535), to slow password guessing; 0: none",
+        _at_most_a_minute,
+    )
+    auth_max_failures: int = setting(
+        3,
+        "failed AUTH attempts in one session before it is closed with 421 4.7.0 (0: never)",
+        _non_negative,
+    )
+    auth_lockout_failures: int = setting(
+        10,
+        "failed AUTH attempts from one client address within auth_lockout_window after which"
+        " its AUTH is refused (421 4.7.0) until they age out; counted by each SMTP worker"
+        " process (0: no lockout)",
+        _non_negative,
+    )
+    auth_lockout_window: Duration = setting(
+        Duration(600.0, "10m"), "the window auth_lockout_failures counts failures in"
+    )
     bare_newline: str = setting(
         "reject", "bare CR or LF in DATA: reject (5xx) or normalize", _choice("reject", "normalize")
     )
@@ -580,7 +605,9 @@ def coerce(key: str, kind: Any, value: Any, from_text: bool = False) -> ConfigVa
                 return list(value)
     except ValueError as exc:
         raise ConfigError(key, str(exc)) from None
-    raise ConfigError(key, f"expected {_describe(kind)}, got {value!r}")
+    # A secret's value is never echoed, even when it is of the wrong type.
+    shown = "a value" if key.rpartition(".")[2] in SECRET_KEYS else repr(value)
+    raise ConfigError(key, f"expected {_describe(kind)}, got {shown}")
 
 
 def _field_kinds(section: type) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import secrets
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,21 @@ log = logging.getLogger("relayd.engagement")
 SECRET_FILE = "tracking.secret"
 
 
+def read_private(path: Path) -> str:
+    """A secret relayd generated into data_dir, made private (0600) first when it is not:
+    one written by an older version, copied in or restored from a backup with a looser
+    mode is readable by other users of the host until then."""
+    status = path.stat()
+    if status.st_mode & 0o077 and status.st_uid == os.geteuid():
+        os.chmod(path, 0o600)
+        log.warning(
+            "%s was readable by other users (mode %o); made it 0600",
+            path,
+            stat.S_IMODE(status.st_mode),
+        )
+    return path.read_text().strip()
+
+
 def resolve_secret(config: Config) -> bytes:
     """The tracking secret from config, its file, or one generated once into data_dir (0600)."""
     section = config.tracking
@@ -45,13 +61,13 @@ def resolve_secret(config: Config) -> bytes:
         return Path(section.secret_file).read_text().strip().encode()
     path = config.data_path / SECRET_FILE
     if path.exists():
-        return path.read_text().strip().encode()
+        return read_private(path).encode()
     config.data_path.mkdir(parents=True, exist_ok=True)
     value = secrets.token_hex(32)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:  # another daemon on this data_dir made it first
-        return path.read_text().strip().encode()
+        return read_private(path).encode()
     with os.fdopen(fd, "w") as fh:
         fh.write(value + "\n")
     log.info("generated tracking secret in %s", path)

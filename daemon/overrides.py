@@ -45,6 +45,12 @@ LIVE_PROVIDER_KEYS = frozenset(
     {"enabled", "priority", "weight", "rate_limit", "rate_limit_per_second", "workspace_id"}
 )
 LOCKED = ("data_dir", "auth")
+# Where a provider sends the credentials the file or environment gives it. Moved through
+# the API, they would go to whatever server the caller names: the API never shows a
+# secret, and must not hand it to someone else's server either.
+CREDENTIAL_DESTINATION_KEYS = frozenset(
+    {"host", "port", "tls", "tls_verify", "base_url", "region", "token_url"}
+)
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -111,6 +117,12 @@ def check_update(base: Config, update: Any) -> list[tuple[str, Any]]:
                 raise ConfigError(key, f"no provider {parts[1]!r}; add it to the config file")
             if parts[2] == "type":
                 raise ConfigError(key, "a provider's type cannot change at runtime")
+            if parts[2] in CREDENTIAL_DESTINATION_KEYS:
+                raise ConfigError(
+                    key,
+                    "where a provider sends its credentials is set in the config file or"
+                    " the environment, not through the API",
+                )
         if isinstance(value, dict):
             raise ConfigError(key, "expected a value, not a table")
     return pairs

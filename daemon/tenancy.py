@@ -105,7 +105,14 @@ class Tenancy:
 
     async def identify_key(self, token: str) -> KeyIdentity | None:
         """The live key ``token`` is, or None; a SHA-256 lookup, so timing reveals nothing."""
-        digest = hash_key(token)
+        return await self.identify_digest(hash_key(token))
+
+    async def identify_digest(self, digest: str) -> KeyIdentity | None:
+        """The live key whose :func:`hash_key` is ``digest``, or None (revoked, unknown).
+
+        An SMTP session that authenticated with a key asks again at each MAIL, so a
+        revocation ends what an open connection may send within KEY_CACHE_SECONDS.
+        """
         now = self._monotonic()
         cached = self._keys.get(digest)
         if cached is not None and now - cached[0] < KEY_CACHE_SECONDS:

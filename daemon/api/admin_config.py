@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -23,29 +22,19 @@ from daemon.api.errors import ApiError
 from daemon.api.fields import check_text, parse_json, read_body
 from daemon.api.responses import by_method
 from daemon.config import ConfigError, as_dict, describe_settings
+from daemon.core.redact import mask_url_password
 from daemon.overrides import apply_runtime, changed, check_update, merge, needs_restart, settled
 from daemon.store.admin import RUNTIME_CONFIG_KEY, put_setting
 
 log = logging.getLogger("relayd.api")
 MAX_BODY = 64 * 1024
-MASK = "********"  # as daemon.config.as_dict masks a secret
 
 
 def _mask_url_password(value: Any) -> Any:
-    """A URL's password masked (``postgresql+psycopg://user:********@host/db``): a
-    credential, though it sits in a key such as ``database.url`` that is not a secret's."""
-    if not isinstance(value, str) or "@" not in value or "://" not in value:
-        return value
-    try:
-        parts = urlsplit(value)
-        password = parts.password
-    except ValueError:
-        return value
-    if not password:
-        return value
-    userinfo, _, host = parts.netloc.rpartition("@")
-    user = userinfo.partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{host}"))
+    """A URL's password masked (``postgresql+psycopg://user:********@host/db``, also a
+    ``?password=`` in its query): a credential, though it sits in a key such as
+    ``database.url`` that is not a secret's."""
+    return mask_url_password(value) if isinstance(value, str) else value
 
 
 def _masked(tree: Any) -> Any:

@@ -15,7 +15,6 @@ workspace (``sk_live_`` keys issued through the admin API) stay.
 
 from __future__ import annotations
 
-import ipaddress
 import secrets
 import uuid
 from typing import Any
@@ -39,6 +38,7 @@ from daemon.api.maylng_common import (
 from daemon.api.responses import by_method
 from daemon.core import plans
 from daemon.core.accounts import ACCOUNT_PLANS, KEY_PREFIX, fixed_window, limits_for
+from daemon.core.relay import is_trusted, parse_networks
 from daemon.service import RelayService
 from daemon.store import accounts as store
 from daemon.store import tenancy as tenancy_store
@@ -95,14 +95,8 @@ async def _is_operator(request: Request, service: RelayService) -> bool:
         if principal.is_admin:
             return True
     host = request.client.host if request.client else ""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return any(
-        address in ipaddress.ip_network(net, strict=False)
-        for net in service.config.accounts.trusted_networks
-    )
+    # As /metrics and SMTP decide it: a dual-stack listener's ::ffff:127.0.0.1 is loopback.
+    return is_trusted(host, parse_networks(service.config.accounts.trusted_networks))
 
 
 def _check_self_service(service: RelayService, plan: str) -> None:

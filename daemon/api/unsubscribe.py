@@ -27,7 +27,17 @@ from daemon.store import engagement as tables
 log = logging.getLogger("relayd.tracking")
 
 _MAX_BODY = 64 * 1024
-_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+# The page holds a signed token: never cached, never sent on as a referrer, never framed
+# (a hidden frame could click its button), no script or outside resource at all.
+_HEADERS = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": (
+        "default-src 'none'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+}
 _INVALID = (
     "<html>\n<body>\n  <h1>Invalid unsubscribe link</h1>\n"
     "  <p>This unsubscribe link is not valid. Nothing was changed.</p>\n</body>\n</html>\n"

@@ -57,7 +57,8 @@ def verify(secret: str, header: str, body: bytes, now: int, tolerance: int = 300
     if abs(now - timestamp) > tolerance:
         return False
     expected = sign(secret, timestamp, body).split("v1=", 1)[1]
-    return hmac.compare_digest(expected, fields.get("v1", ""))
+    # As bytes: compare_digest refuses str with non-ASCII characters (a TypeError, not False).
+    return hmac.compare_digest(expected.encode(), fields.get("v1", "").encode("utf-8", "replace"))
 
 
 def next_attempt(attempts: int, delays: Sequence[float], now: datetime) -> datetime | None:
@@ -98,6 +99,11 @@ def forbidden(address: str) -> str | None:
     ip = _address(address)
     if ip is None:
         return "not an IP address"
+    # A 6to4 address (2002::/16) carries an IPv4 address that a 6to4 relay or router on
+    # the path unwraps and connects to: judged as that address.
+    if isinstance(ip, ipaddress.IPv6Address) and ip.sixtofour is not None:
+        inner = forbidden(str(ip.sixtofour))
+        return None if inner is None else f"a 6to4 address wrapping {ip.sixtofour}, {inner}"
     if any(ip.version == net.version and ip in net for net in _METADATA):
         return "a link-local or cloud metadata address"
     if ip.version == 4 and ip in _SHARED:

@@ -101,9 +101,11 @@ _ENHANCED_CACHE: dict[str, str] = {}
 
 
 class RelaySession(Session):
-    """aiosmtpd's Session without its deprecation warning on every successful AUTH."""
+    """aiosmtpd's Session without its deprecation warning on every successful AUTH, and
+    with the count of its failed AUTH attempts (the handler closes it after too many)."""
 
     login_data: Any = None
+    auth_failures: int = 0
 
 
 class RelayEnvelope(Envelope):
@@ -411,6 +413,12 @@ class RelaySMTP(SMTP):
             # RFC 4954 section 4: not during a mail transaction, and a 503 says so.
             await self.push("503 5.5.1 Error: AUTH not permitted during a mail transaction")
             return
+        # A client locked out for failed attempts is refused before it sends credentials.
+        refusal = getattr(self.event_handler, "refuse_auth", None)
+        reply = refusal(self.session) if refusal is not None else None
+        if reply:
+            await self.push(reply)  # a 421: push closes the connection
+            return
         await super().smtp_AUTH(arg)
 
     async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
@@ -422,11 +430,7 @@ class RelaySMTP(SMTP):
         except ValueError:
             await self.push("501 5.5.2 Can't split auth value")
             return AuthResult(success=False)
-        if authzid and authzid != login:
-            # RFC 4616: acting as another identity must be authorized, and relay has no
-            # such authorization: refuse rather than silently authenticate as ``login``.
-            return AuthResult(success=False, handled=False)
-        return await self._check_credentials("PLAIN", LoginPassword(login, password))
+        return await self._check_credentials("PLAIN", LoginPassword(login, password), authzid)
 
     async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
         login = await (
@@ -450,11 +454,13 @@ class RelaySMTP(SMTP):
             await self.push("501 5.5.2 Can't decode base64")
             return None
 
-    async def _check_credentials(self, mechanism: str, credentials: LoginPassword) -> AuthResult:
+    async def _check_credentials(
+        self, mechanism: str, credentials: LoginPassword, authzid: bytes = b""
+    ) -> AuthResult:
         verify = getattr(self.event_handler, "verify_credentials", None)
         if verify is None:  # no credential policy: nobody authenticates
             return AuthResult(success=False, handled=False)
-        result: AuthResult = await verify(self.session, mechanism, credentials)
+        result: AuthResult = await verify(self.session, mechanism, credentials, authzid)
         return result
 
     @syntax("STARTTLS", when="tls_context")

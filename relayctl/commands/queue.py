@@ -335,8 +335,9 @@ def retry_message(
 
     A partly delivered (sent) message given by ID is retried for the recipients that
     did not get it, never the others. Bulk retry acts on failed and auth_error
-    messages, and on deferred queued ones with --status queued. With --json: {"message_id", "status", "retry_count"}, or in
-    bulk {"action", "dry_run", "matched", "count", "ids", "skipped"}.
+    messages, and on deferred queued ones with --status queued. With --json:
+    {"message_id", "status", "retry_count"}, or in bulk {"action", "dry_run", "matched",
+    "count", "ids", "skipped"}.
     """
     flt = QueueFilter(
         [s.value for s in status or []],
