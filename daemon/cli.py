@@ -84,7 +84,10 @@ def setup_logging(level: str) -> None:
     if not os.environ.get("JOURNAL_STREAM"):
         fmt = "%(asctime)s " + fmt
     logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
-    for noisy in ("mail.log", "uvicorn.error", "apscheduler", "aiosmtplib", "alembic"):
+    # httpx/httpcore log each request's full URL at INFO: a webhook's ?token=, a
+    # provider URL's password. aiosmtpd (mail.log) would log AUTH lines.
+    noisy_loggers = ("mail.log", "uvicorn.error", "apscheduler", "aiosmtplib", "alembic")
+    for noisy in (*noisy_loggers, "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
@@ -215,6 +218,10 @@ def _exit_quietly(signum: int, _frame: FrameType | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # Everything relayd creates (data_dir, the database and its -wal, the outbox, the
+    # lock) holds mail or secrets: private to its user, as the systemd unit's UMask=0077
+    # makes it there, and as Postfix keeps its queue.
+    os.umask(0o077)
     if args.command == "version":
         print(f"relayd {__version__}")
         return 0
@@ -324,9 +331,9 @@ def _migrate(config: Config) -> int:
 
 def _database_problem(config: Config, exc: Exception) -> str:
     """One line naming the database (password hidden) and the driver's first complaint."""
-    from sqlalchemy.engine import make_url
+    from daemon.core.redact import mask_url_password
 
-    url = make_url(config.database_url).render_as_string(hide_password=True)
+    url = mask_url_password(config.database_url)
     reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
     return f"database {url}: {reason}"
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,6 +55,36 @@ def test_check_config_and_migrate_succeed(tmp_path: Path) -> None:
     assert (tmp_path / "d" / "relay.db").exists()
     again = relayd("migrate", "--config", "ok.toml", cwd=tmp_path)
     assert again.returncode == 0 and f"was {head_revision()}" in again.stdout
+    # What relayd creates holds mail and secrets: its user's alone, whatever the umask.
+    for created in (tmp_path / "d", *(tmp_path / "d").iterdir()):
+        assert created.stat().st_mode & 0o077 == 0, f"{created} is readable by others"
+
+
+def test_secrets_in_start_up_errors_are_not_echoed(tmp_path: Path) -> None:
+    """A wrongly typed secret, or a password in the database URL's query, stays unsaid."""
+    (tmp_path / "typed.toml").write_text("[auth]\nadmin_token = 912345678\n")
+    result = relayd("check-config", "--config", "typed.toml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "auth.admin_token: expected a string" in result.stderr
+    assert "912345678" not in result.stderr
+    url = "postgresql+psycopg://relay@127.0.0.1:9/relay?password=s3cr3t-pw&connect_timeout=2"
+    (tmp_path / "db.toml").write_text(f'data_dir = "d"\n[database]\nurl = "{url}"\n')
+    result = relayd("migrate", "--config", "db.toml", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "migration failed: database postgresql+psycopg://relay@127.0.0.1:9/" in result.stderr
+    assert "s3cr3t-pw" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_debug_logging_keeps_request_urls_out(tmp_path: Path) -> None:
+    """httpx logs every request's URL (a webhook's ?token=) at INFO: capped at WARNING."""
+    code = (
+        "import logging; from daemon.cli import setup_logging; setup_logging('debug');"
+        "print([logging.getLogger(n).getEffectiveLevel() for n in ('httpx', 'httpcore')])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == f"[{logging.WARNING}, {logging.WARNING}]"
 
 
 def test_start_serves_and_sigterm_exits_zero(daemon_factory: type[Daemon], tmp_path: Path) -> None:
