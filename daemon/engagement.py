@@ -14,7 +14,6 @@ import hashlib
 import logging
 import os
 import secrets
-import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +24,7 @@ from daemon.config import Config
 from daemon.core import bounces, mandrill, rewriter, tracking
 from daemon.core.message import ClaimedMessage, Outcome
 from daemon.core.retry import enhanced_code
+from daemon.private import read_private
 from daemon.store import engagement as tables
 from daemon.store import queue
 from daemon.store.events import Applied, BounceRules, EngagementEvent, apply_event
@@ -35,21 +35,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("relayd.engagement")
 
 SECRET_FILE = "tracking.secret"
-
-
-def read_private(path: Path) -> str:
-    """A secret relayd generated into data_dir, made private (0600) first when it is not:
-    one written by an older version, copied in or restored from a backup with a looser
-    mode is readable by other users of the host until then."""
-    status = path.stat()
-    if status.st_mode & 0o077 and status.st_uid == os.geteuid():
-        os.chmod(path, 0o600)
-        log.warning(
-            "%s was readable by other users (mode %o); made it 0600",
-            path,
-            stat.S_IMODE(status.st_mode),
-        )
-    return path.read_text().strip()
 
 
 def resolve_secret(config: Config) -> bytes:

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from daemon.config import Config, ConfigError, relay_hostname
+from daemon.private import make_private
 
 CERT_NAME = "relay.crt"
 KEY_NAME = "relay.key"
@@ -118,6 +119,8 @@ def ensure_certificate(config: Config, now: datetime | None = None) -> tuple[Pat
             raise ConfigError(
                 "data_dir", f"cannot write the TLS certificate into {directory}: {exc}"
             ) from None
+    else:
+        make_private(key)
     return cert, key
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ipaddress
+import os
 import socket
 import ssl
 import stat
@@ -45,6 +46,12 @@ def test_generates_a_self_signed_pair_once(make_config: Callable[..., Any]) -> N
 
     first = cert.read_bytes(), key.read_bytes()
     assert ensure_certificate(config, NOW + timedelta(days=30)) == (cert, key)
+    assert (cert.read_bytes(), key.read_bytes()) == first
+
+    # A generated key found readable by others (restored from a backup) is made private.
+    os.chmod(key, 0o644)
+    assert ensure_certificate(config, NOW + timedelta(days=31)) == (cert, key)
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
     assert (cert.read_bytes(), key.read_bytes()) == first
 
 
