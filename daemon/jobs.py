@@ -1,13 +1,21 @@
-"""APScheduler wiring: each job is one call into the service, run on the daemon's loop."""
+"""APScheduler wiring: each job is one call into the service, run on the daemon's loop.
+
+A job that fails because the database is unavailable says so once (and once when it
+works again), not with a traceback every interval; it runs again at its next time.
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from daemon.service import RelayService
 from daemon.store import accounts, queue
+from daemon.store.engine import FailureLog, StoreError
 
 log = logging.getLogger("relayd.jobs")
 
@@ -21,7 +29,7 @@ class Jobs:
 
     def start(self) -> None:
         self._scheduler.add_job(
-            self.reap_leases,
+            self._quiet(self.reap_leases),
             "interval",
             seconds=max(5.0, self._service.config.queue.lease.seconds / 4),
             id="reap-leases",
@@ -29,7 +37,7 @@ class Jobs:
             coalesce=True,
         )
         self._scheduler.add_job(
-            self._service.tenancy.purge,
+            self._quiet(self._service.tenancy.purge),
             "interval",
             hours=1,
             id="purge-usage",
@@ -37,7 +45,7 @@ class Jobs:
             coalesce=True,
         )
         self._scheduler.add_job(
-            self.expire_addresses,
+            self._quiet(self.expire_addresses),
             "interval",
             seconds=self._service.config.accounts.expiry_interval.seconds,
             id="expire-addresses",
@@ -45,7 +53,7 @@ class Jobs:
             coalesce=True,
         )
         self._scheduler.add_job(
-            self.check_providers,
+            self._quiet(self.check_providers),
             "interval",
             seconds=self._service.config.health.interval.seconds,
             id="provider-health",
@@ -53,6 +61,24 @@ class Jobs:
             coalesce=True,
         )
         self._scheduler.start()
+
+    @staticmethod
+    def _quiet(job: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[Any]]:
+        """``job`` logging database failures as a :class:`FailureLog` (other errors are
+        bugs: APScheduler logs them with their traceback)."""
+        failures = FailureLog(log, f"job {getattr(job, '__name__', 'job')}")
+
+        @functools.wraps(job)
+        async def run() -> Any:
+            try:
+                result = await job()
+            except StoreError as exc:
+                failures.failed(exc)
+                return None
+            failures.worked()
+            return result
+
+        return run
 
     async def reap_leases(self) -> int:
         """Requeue messages whose worker died holding a lease (it expired)."""

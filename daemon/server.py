@@ -29,7 +29,7 @@ from daemon.providers import build_providers
 from daemon.service import RelayService
 from daemon.smtp.listener import SmtpListeners
 from daemon.smtp.workers import WorkerPool
-from daemon.store.engine import make_engine
+from daemon.store.engine import bound_lock_waits, make_engine
 from daemon.store.migrate import upgrade
 from daemon.tls import ServerTls, ensure_certificate
 
@@ -139,6 +139,7 @@ class Server:
             engine = make_engine(config.database_url)
             await asyncio.to_thread(upgrade, engine)
         self.config = config
+        bound_lock_waits(engine)  # after the migrations: see the function
         self.service = RelayService(config, engine)
         self.service.base_config = base
         self.service.runtime_layer = runtime

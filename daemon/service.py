@@ -163,7 +163,10 @@ class RelayService:
         return await self.reader.run(lambda c: queue.count_by_status(c, workspace_id))
 
     async def ping(self) -> bool:
-        """True when the database answers."""
+        """True when the database answers, and writes do not fail for want of it (a full
+        disk or a read-only file leave SQLite readable, not writable)."""
+        if self.committer.failing:
+            return False
         try:
             await self.reader.run(lambda c: c.execute(sa.text("SELECT 1")).scalar())
             return True

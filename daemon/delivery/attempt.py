@@ -233,6 +233,21 @@ class Deliverer:
         )
         return self._conclude(message, decided, now)
 
+    def postponed(self, message: ClaimedMessage, error: BaseException) -> Outcome:
+        """The round of ``message`` that could not start because the database was
+        unavailable (``error``): nothing was sent, so it is requeued without using a retry,
+        due again after ``queue.retry_base``, its error saying why it waits."""
+        now = self.service.clock()
+        return Outcome(
+            message_id=message.id,
+            lease_owner=message.lease_owner,
+            status="queued",
+            processed_at=now,
+            retry_count=message.retry_count,
+            next_attempt_at=now + timedelta(seconds=self.config.queue.retry_base.seconds),
+            error=_text(f"{INTERNAL_STATUS} relay error: {describe(error)}")[:MAX_DESCRIPTION],
+        )
+
     def _conclude(
         self, message: ClaimedMessage, decided: _Round, now: datetime
     ) -> tuple[Outcome, Notices]:

@@ -5,6 +5,10 @@ Each message's delivery round (routing, failover, retry decision, bounce) is
 mail, else at the next due time or the fallback poll); each message is delivered
 in its own task, bounded by ``queue.concurrency``; results are written back in
 batches through the group committer, together with any DSNs they cause.
+
+While the database is unavailable (down, refusing connections, locked, disk full)
+results are held and written once it is back, before anything new is claimed:
+dropped, their messages would be delivered a second time when their leases expire.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from daemon.providers.base import Provider
 from daemon.service import RelayService
 from daemon.store import audience, queue
 from daemon.store import providers as provider_store
+from daemon.store.engine import FailureLog, store_unavailable
 
 log = logging.getLogger("relayd.delivery")
 
@@ -46,6 +51,12 @@ MIN_SLEEP = 0.01
 # bench/smtp_ingest.py and bench/relay_end_to_end.py (new connection per message):
 # +10% ingest and +20% end to end against committing each batch at once.
 SHARED_WRITER_DELAY = 0.02
+
+# Results the database could not take because it is unavailable are tried again
+# after this long, doubling up to HELD_RETRY_MAX: soon after it is back, before the
+# lease reaper (a job, or another daemon) hands their expired leases out again.
+HELD_RETRY_MIN = 0.1
+HELD_RETRY_MAX = 0.5
 
 
 @dataclass
@@ -93,6 +104,12 @@ class Dispatcher:
         self._flush_wakeup = asyncio.Event()
         self._stopping = False
         self._flush_closing = False
+        self._flush_deadline = math.inf  # when stopping: when held results are given up
+        # Since when results have been held for an unavailable database (None: none are).
+        self._held_since: float | None = None
+        self._results_written = asyncio.Event()
+        self._loop_failures = FailureLog(log, "delivery loop")
+        self._renew_failures = FailureLog(log, "renewing delivery leases")
         self._suppressed: dict[str, suppression.Suppressed] = {}
         service.metrics.track_in_flight(lambda: self.active)
 
@@ -124,8 +141,11 @@ class Dispatcher:
 
     async def stop(self, grace_seconds: float) -> None:
         """Stop claiming, let in-flight deliveries finish within ``grace_seconds``, hand the
-        leases back, then close the providers (the dispatcher owns them)."""
+        leases back, then close the providers (the dispatcher owns them).
+
+        Results held for an unavailable database are tried until the grace is over."""
         self._stopping = True
+        self._flush_deadline = time.monotonic() + max(grace_seconds, 1.0)
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -139,6 +159,7 @@ class Dispatcher:
                 await asyncio.gather(*late, return_exceptions=True)
         self._flush_closing = True
         self._flush_wakeup.set()
+        self._results_written.set()
         self.service.committer.hurry()  # the last results need not wait for company
         if self._flush_task is not None:
             await self._flush_task
@@ -174,6 +195,12 @@ class Dispatcher:
             cfg = self.config.queue
             interval = cfg.process_interval.seconds
             try:
+                if self._held_since is not None:
+                    # Results wait for the database: they go first (a claim, or the
+                    # reaping of their leases, must not overtake them).
+                    self._results_written.clear()
+                    await self._wait(self._results_written, interval)
+                    continue
                 if time.monotonic() - last_reap >= interval:
                     last_reap = time.monotonic()
                     await self._reap()
@@ -191,6 +218,7 @@ class Dispatcher:
                 self.service.wake.clear()
                 # A backlog is claimed at once; a trickle of new mail waits for company.
                 claimed = await self._claim(want, 0.0 if backlog else self.write_within)
+                self._loop_failures.worked()
                 held = set(self._holding.values())
                 for message in claimed:
                     # Still being delivered here (its lease lapsed and came back to us):
@@ -211,7 +239,7 @@ class Dispatcher:
                 raise
             except Exception as exc:
                 # A database outage must not kill the workers: try again shortly.
-                log.warning("delivery loop: %s", str(exc).splitlines()[0] if str(exc) else exc)
+                self._loop_failures.failed(exc)
                 await asyncio.sleep(min(interval, 1.0))
 
     async def _renewer(self) -> None:
@@ -228,7 +256,9 @@ class Dispatcher:
             try:
                 await self.service.committer.run(renew)
             except Exception as exc:  # the next round tries again; the lease may lapse
-                log.warning("could not renew delivery leases: %s", exc)
+                self._renew_failures.failed(exc)
+            else:
+                self._renew_failures.worked()
 
     async def _reap(self) -> None:
         now = self.service.clock()
@@ -298,16 +328,24 @@ class Dispatcher:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            # A bug of ours (or the database failing under prepare): a temporary failure of
-            # this round, so it uses a retry instead of coming back every lease for ever.
-            log.exception("delivery of %s crashed; counted as a temporary failure", message.id)
             suppressed = self._suppressed.pop(message.id, ())
-            try:
-                outcome, notices = self.deliverer.crashed(message, exc)
-                outcome = suppression.merge(outcome, suppressed)
-            except Exception:
-                log.exception("could not record the crash of %s; its lease will expire", message.id)
-                return
+            if store_unavailable(exc):
+                # The database failed under prepare (tracking rewrites are stored before
+                # the first attempt): nothing was sent, so no retry is used, no bug logged.
+                log.info("delivery of %s postponed: %s", message.id, exc)
+                outcome, notices = self.deliverer.postponed(message, exc), ()
+            else:
+                # A bug of ours: a temporary failure of this round, so it uses a retry
+                # instead of coming back every lease for ever.
+                log.exception("delivery of %s crashed; counted as a temporary failure", message.id)
+                try:
+                    outcome, notices = self.deliverer.crashed(message, exc)
+                    outcome = suppression.merge(outcome, suppressed)
+                except Exception:
+                    log.exception(
+                        "could not record the crash of %s; its lease will expire", message.id
+                    )
+                    return
         pending = _Pending(message, outcome, notices, asyncio.get_running_loop().create_future())
         self._pending.append(pending)
         self._flush_wakeup.set()
@@ -315,7 +353,11 @@ class Dispatcher:
         try:
             await pending.done
         except Exception as exc:
-            log.warning("could not record the result of %s: %s", message.id, exc)
+            # Given up for an unavailable database: _hold said so for the lot.
+            quiet = store_unavailable(exc)
+            (log.debug if quiet else log.warning)(
+                "could not record the result of %s: %s", message.id, exc
+            )
             return
         outcome = pending.outcome
         self._log(outcome)
@@ -344,6 +386,7 @@ class Dispatcher:
 
     async def _flusher(self) -> None:
         """Write finished deliveries in batches: one commit covers all that finished together."""
+        delay = HELD_RETRY_MIN
         while True:
             await self._flush_wakeup.wait()
             self._flush_wakeup.clear()
@@ -352,16 +395,56 @@ class Dispatcher:
                 try:
                     wake = await self._write(batch)
                 except Exception as exc:
-                    wake = await self._apart(batch, exc)
+                    if not store_unavailable(exc):
+                        wake = await self._apart(batch, exc)
+                    elif self._hold(batch, exc):
+                        await asyncio.sleep(min(delay, self._flush_deadline - time.monotonic()))
+                        delay = min(delay * 2, HELD_RETRY_MAX)
+                        continue
+                    else:
+                        wake = False
                 else:
                     for item in batch:
                         if not item.done.done():
                             item.done.set_result(None)
+                    self._recovered()
+                delay = HELD_RETRY_MIN
                 if wake:
                     # A retry time or a new bounce may be earlier than the loop's sleep.
                     self.service.wake.set()
             if self._flush_closing:
                 return
+
+    def _hold(self, batch: list[_Pending], error: Exception) -> bool:
+        """The database is unavailable: keep ``batch`` to write when it is back (True), or,
+        stopping and out of time, give it up (False): those leases expire."""
+        if self._flush_closing and time.monotonic() >= self._flush_deadline:
+            log.warning(
+                "%d delivery results not recorded (%s); their messages are delivered again "
+                "once their leases expire",
+                len(batch),
+                error,
+            )
+            for item in batch:
+                if not item.done.done():
+                    item.done.set_exception(error)
+            return False
+        if self._held_since is None:
+            self._held_since = time.monotonic()
+            log.warning("%s: holding delivery results until the database is back", error)
+        self._pending[:0] = batch  # first in line, in order
+        return True
+
+    def _recovered(self) -> None:
+        """Results were written: held ones (if any) are recorded, claiming resumes."""
+        if self._held_since is None:
+            return
+        log.warning(
+            "database back: delivery results held for %.1fs are recorded",
+            time.monotonic() - self._held_since,
+        )
+        self._held_since = None
+        self._results_written.set()
 
     async def _apart(self, batch: Sequence[_Pending], error: Exception) -> bool:
         """Write the results of a batch that failed one by one, so that one the store cannot
@@ -369,8 +452,9 @@ class Dispatcher:
 
         A result that fails on its own is replaced by a temporary failure of its round
         (:meth:`Deliverer.crashed`), which uses a retry: else the message would be
-        delivered again every lease, for ever. When that fails too the database itself is
-        failing: the rest of the batch is given up, and its leases expire.
+        delivered again every lease, for ever. When the database turns out unavailable the
+        rest of the batch waits for it (see :meth:`_flusher`); when that replacement fails
+        otherwise, the rest of the batch is given up, and its leases expire.
         """
         wake = False
         for index, item in enumerate(batch):
@@ -382,6 +466,10 @@ class Dispatcher:
                     item.done.set_result(None)
                     continue
             except Exception as exc:
+                if store_unavailable(exc):
+                    # The database went away meanwhile: the rest waits for it (_flusher).
+                    self._pending[:0] = [rest for rest in batch[index:] if not rest.done.done()]
+                    return wake
                 error = exc
             try:
                 log.error("could not record the result of %s: %s", item.message.id, error)
@@ -391,6 +479,9 @@ class Dispatcher:
                 item.outcome, item.notices = outcome, notices
                 wake |= await self._write([item])
             except Exception as exc:
+                if store_unavailable(exc):
+                    self._pending[:0] = [rest for rest in batch[index:] if not rest.done.done()]
+                    return wake
                 for rest in batch[index:]:
                     if not rest.done.done():
                         rest.done.set_exception(exc)

@@ -26,6 +26,7 @@ from daemon.core import webhooks as policy
 from daemon.core.durations import Duration
 from daemon.service import RelayService
 from daemon.store import deliveries
+from daemon.store.engine import FailureLog
 
 log = logging.getLogger("relayd.webhooks")
 
@@ -66,6 +67,7 @@ class WebhookSender:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._client: httpx.AsyncClient | None = None
+        self._failures = FailureLog(log, "webhook sender")
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
@@ -95,13 +97,14 @@ class WebhookSender:
                 wait = IDLE
                 if due is not None:
                     wait = max(0.05, min(IDLE, (due - self.service.clock()).total_seconds()))
+                self._failures.worked()
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), wait)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a database outage must not end the sender
-                log.warning("webhook sender: %s", exc)
+                self._failures.failed(exc)
                 await asyncio.sleep(1.0)
 
     async def run_once(self) -> int:

@@ -26,6 +26,7 @@ from daemon.core.throttle import Throttle
 from daemon.providers.base import HealthResult, Provider
 from daemon.store import providers as store
 from daemon.store.committer import Committer, Reader
+from daemon.store.engine import FailureLog
 from daemon.store.models import utcnow
 
 log = logging.getLogger("relayd.providers")
@@ -81,6 +82,7 @@ class ProviderHealth:
         self._throttles: dict[str, Throttle] = {}
         self._checks: dict[str, CheckRecord] = {}
         self._releases: set[asyncio.Task[None]] = set()
+        self._store_failures = FailureLog(log, "storing provider health checks")
         # The breaker policy of the last ``[health]`` section seen (rebuilt when it changes).
         self._policy_of: object = None
         self._policy = BreakerPolicy()
@@ -271,7 +273,9 @@ class ProviderHealth:
                 )
             )
         except Exception as exc:
-            log.warning("could not store the health check of %s: %s", pid, exc)
+            self._store_failures.failed(exc)
+        else:
+            self._store_failures.worked()
         return record
 
     async def check_all(self, only_enabled: bool = True) -> dict[str, CheckRecord]:

@@ -27,7 +27,7 @@ from daemon.metrics import RelayMetrics
 from daemon.service import RelayService
 from daemon.smtp.listener import SmtpListeners
 from daemon.smtp.workers import PACKET, decode, encode, receive
-from daemon.store.engine import make_engine
+from daemon.store.engine import bound_lock_waits, make_engine
 from daemon.tls import ServerTls
 
 log = logging.getLogger("relayd.smtp")
@@ -119,6 +119,7 @@ class Worker:
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: None)  # the daemon reloads for us
         engine = make_engine(self.config.database_url)
+        bound_lock_waits(engine)
         service = self.service = RelayService(self.config, engine)
         service.maintenance = self.maintenance
         service.metrics = _ForwardedMetrics(self.link)

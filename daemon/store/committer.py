@@ -10,6 +10,11 @@ submitted with ``within=seconds``: it joins the next commit anyone else starts,
 or starts one itself when that time is up. With SMTP served by worker processes
 this keeps the daemon's delivery writes from taking the SQLite writer lock
 (and an fsync) for every few messages while the workers need it for ingest.
+
+When the database cannot be used at all (connection refused or lost, locked past
+the busy timeout, disk full: :func:`daemon.store.engine.is_unavailable`) every
+write of the batch fails at once with that error, and the log says so once, when it
+starts, and once more when writes work again, not once per write.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,15 +32,17 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy.engine import Connection, Dialect, Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from daemon.store.engine import StoreError, classify_error
+from daemon.store.engine import StoreError, classify_error, is_unavailable, store_unavailable
 
 log = logging.getLogger("relayd.store")
 
 T = TypeVar("T")
 ItemT = TypeVar("ItemT")
 KEEP_CONNECTION = 1.0  # seconds the writer keeps its connection between commits
+# Seconds a failed write counts for Committer.failing when no other write follows.
+FAILING_MEMORY = 10.0
 Op = Callable[[Connection], Any]
 BatchFn = Callable[[Connection, list[Any]], list[Any]]
 
@@ -53,6 +61,10 @@ class PreparedBatch(Protocol):
     def run(self, conn: Connection, items: list[Any], prepared: Any) -> list[Any]: ...
 
     def __call__(self, conn: Connection, items: list[Any]) -> list[Any]: ...
+
+
+class _DeadConnection(Exception):
+    """The kept connection was found dead before anything of the transaction committed."""
 
 
 class _Batched:
@@ -104,6 +116,12 @@ def _run_all(
     return results
 
 
+def _changes(conn: Connection) -> int | None:
+    """Rows a SQLite connection changed since it opened (None elsewhere: not needed)."""
+    raw = conn.connection.dbapi_connection
+    return raw.total_changes if isinstance(raw, sqlite3.Connection) else None
+
+
 def writer_lock_path(engine: Engine) -> str | None:
     """The lock file the writers of one SQLite database take turns through (None: no file)."""
     if engine.dialect.name != "sqlite":
@@ -143,6 +161,11 @@ class Committer:
         self.keep_connection = KEEP_CONNECTION
         self._conn: Connection | None = None
         self._conn_used = 0.0
+        # Since when (monotonic) the database has been unavailable, and how many writes
+        # failed meanwhile: logged when it starts and when it ends (writer thread only).
+        self._down_since: float | None = None
+        self._down_failures = 0
+        self._last_failure = 0.0
         path = writer_lock_path(engine)
         self._lock_fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600) if path else None
 
@@ -243,23 +266,68 @@ class Committer:
         groups: dict[BatchFn, list[int]],
         prepared: dict[BatchFn, Any] | None = None,
     ) -> list[Any]:
-        """Run ``ops`` in one transaction on the writer's connection and commit it."""
+        """Run ``ops`` in one transaction on the writer's connection and commit it.
+
+        The connection kept from an earlier commit may have died since (the server
+        restarted, or ended it): found dead before the commit was sent, nothing was
+        written, so the transaction runs again once on a fresh connection instead of
+        failing its writers (SMTP 451) for a database that is up.
+        """
         now = time.monotonic()
         if self._conn is not None and now - self._conn_used > self.keep_connection:
             self._disconnect()
         conn = self._conn
-        if conn is None or conn.closed or conn.invalidated:
+        kept = conn is not None and not conn.closed and not conn.invalidated
+        if conn is None or not kept:
             conn = self._conn = self._engine.connect()
         self._conn_used = now
+        changes = _changes(conn) if self._down_since is not None else None
         try:
-            with conn.begin():
-                results = _run_all(conn, ops, groups, prepared)
+            try:
+                results = self._run_in(conn, ops, groups, prepared, kept)
+            except _DeadConnection:
+                self._disconnect()
+                conn = self._conn = self._engine.connect()
+                results = self._run_in(conn, ops, groups, prepared, False)
         except BaseException:
             self._disconnect()  # whatever state it is in, the next commit starts afresh
             raise
         self.commits += 1
         self.ops += len(ops)
+        # Back once something was written: on a read-only SQLite file a transaction that
+        # changes nothing (a claim finding nothing due) still commits.
+        if self._down_since is not None and (changes is None or _changes(conn) != changes):
+            log.warning(
+                "database writes work again after %.1fs unavailable (%d failed meanwhile)",
+                time.monotonic() - self._down_since,
+                self._down_failures,
+            )
+            self._down_since = None
         return results
+
+    @property
+    def failing(self) -> bool:
+        """Writes fail for an unavailable database: one did in the last FAILING_MEMORY
+        seconds, and nothing was written since."""
+        return (
+            self._down_since is not None and time.monotonic() - self._last_failure < FAILING_MEMORY
+        )
+
+    @staticmethod
+    def _run_in(
+        conn: Connection,
+        ops: list[Op | _Batched],
+        groups: dict[BatchFn, list[int]],
+        prepared: dict[BatchFn, Any] | None,
+        kept: bool,
+    ) -> list[Any]:
+        with conn.begin():
+            try:
+                return _run_all(conn, ops, groups, prepared)
+            except DBAPIError as exc:
+                if kept and exc.connection_invalidated:
+                    raise _DeadConnection() from exc
+                raise
 
     def _disconnect(self) -> None:
         conn, self._conn = self._conn, None
@@ -277,23 +345,42 @@ class Committer:
             try:
                 return [(True, r) for r in self._transaction(ops, groups, prepared)]
             except Exception as exc:
-                if len(ops) == 1:
-                    return [(False, self._wrap(exc))]
+                if len(ops) == 1 or is_unavailable(exc):
+                    # Unavailable for all: one by one would only wait (a lock, a connect
+                    # timeout) and fail once per op.
+                    return [(False, self._wrap(exc, len(ops)))] * len(ops)
                 log.debug("batch of %d failed (%s); retrying one by one", len(ops), exc)
         outcomes: list[tuple[bool, Any]] = []
-        for op in ops:
+        for index, op in enumerate(ops):
             try:
                 outcomes.append((True, self._transaction([op], _groups([op]))[0]))
             except Exception as exc:
-                outcomes.append((False, self._wrap(exc)))
+                error = self._wrap(exc)
+                if store_unavailable(error):
+                    left = len(ops) - index
+                    self._down_failures += left - 1
+                    return [*outcomes, *[(False, error)] * left]
+                outcomes.append((False, error))
         return outcomes
 
-    @staticmethod
-    def _wrap(exc: Exception) -> Exception:
-        if isinstance(exc, SQLAlchemyError | OSError):
-            log.warning("database write failed: %s", str(exc).splitlines()[0])
-            return classify_error(exc)
-        return exc
+    def _wrap(self, exc: Exception, writes: int = 1) -> Exception:
+        """The error the callers of a failed transaction of ``writes`` writes get; logged
+        once per write it refused, or once per outage when the database is unavailable."""
+        if not isinstance(exc, SQLAlchemyError | OSError):
+            return exc
+        error = classify_error(exc)
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if not error.unavailable:
+            log.warning("database write failed: %s", reason)
+        elif self._down_since is None:
+            self._down_since = self._last_failure = time.monotonic()
+            self._down_failures = writes
+            log.warning("database unavailable, writes fail until it is back: %s", reason)
+        else:
+            self._down_failures += writes
+            self._last_failure = time.monotonic()
+            log.debug("database still unavailable: %s", reason)
+        return error
 
     async def close(self) -> None:
         """Finish queued writes, then stop the writer thread (again: nothing more to do)."""
