@@ -28,6 +28,7 @@ from daemon.api.recipients import workspace_param
 from daemon.api.responses import ok
 from daemon.service import RelayService
 from daemon.store import counters, queue
+from daemon.store.engine import StoreError
 
 REALTIME_INTERVAL = 1.0
 
@@ -104,7 +105,11 @@ async def metric_events(
     gauge.inc()
     try:
         while service.accepting:
-            depth = await service.reader.run(lambda c: counters.pending_depth(c, workspace_id))
+            depth: int | None
+            try:
+                depth = await service.reader.run(lambda c: counters.pending_depth(c, workspace_id))
+            except StoreError:
+                depth = None  # the database is out of reach: the stream carries on without it
             data = {
                 "timestamp": iso_utc(service.clock()),
                 "emails_per_second": service.metrics.emails_per_second(),

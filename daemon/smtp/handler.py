@@ -70,7 +70,7 @@ from daemon.service import MaintenanceMode, NotAccepting, RelayService
 from daemon.smtp.params import MailParams, RcptParams
 from daemon.smtp.protocol import RelayEnvelope, RelaySMTP, names_for_aiosmtpd
 from daemon.store import queue
-from daemon.store.engine import StoreError
+from daemon.store.engine import FailureLog, StoreError
 from daemon.tenancy import KEY_PREFIX, QuotaExceeded, hash_key
 
 log = logging.getLogger("relayd.smtp")
@@ -78,6 +78,8 @@ log = logging.getLogger("relayd.smtp")
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
 OVER_QUOTA = "452 4.5.3 Daily sending quota exceeded, try again later"
 QUEUE_FULL = "452 4.3.1 Queue is full, try again later"
+LOCAL_ERROR = "451 4.3.0 Local error in processing, try again later"
+DISK_FULL = "452 4.3.1 Insufficient system storage, try again later"
 TOO_MANY_FAILURES = "421 4.7.0 Too many failed authentication attempts, closing connection"
 LOCKED_OUT = "421 4.7.0 Too many failed authentication attempts from your address, try again later"
 KEY_REVOKED = "530 5.7.0 Authentication required: the credential was revoked"
@@ -131,6 +133,7 @@ class RelayHandler:
         self._networks: tuple[IPNetwork, ...] = ()
         self._decisions: dict[tuple[str, bool], RelayDecision] = {}
         self.lockout = AuthLockout()
+        self._store_failures = FailureLog(log, "SMTP: database")
 
     def _trusted_networks(self) -> tuple[IPNetwork, ...]:
         # The config can change on SIGHUP; parse its networks once per Config object.
@@ -369,11 +372,11 @@ class RelayHandler:
         except NotAccepting:
             return SHUTTING_DOWN
         except StoreError as exc:
-            if exc.disk_full:
-                log.warning("message refused, disk full peer=%s", submission.peer_ip)
-                return "452 4.3.1 Insufficient system storage, try again later"
-            log.warning("message refused, store error (%s) peer=%s", exc, submission.peer_ip)
-            return "451 4.3.0 Local error in processing, try again later"
+            # Once per outage at warning level; each refused message at info.
+            self._store_failures.failed(exc)
+            log.info("message refused, store error (%s) peer=%s", exc, submission.peer_ip)
+            return DISK_FULL if exc.disk_full else LOCAL_ERROR
+        self._store_failures.worked()
         log.info(
             "queued %s from=<%s> rcpts=%d size=%d peer=%s workspace=%s",
             message.id,
@@ -391,5 +394,10 @@ class RelayHandler:
         if isinstance(error, TLSSetupException):
             log.info("TLS handshake failed: %s", error.__cause__ or error)
             return "454 4.7.0 TLS not available due to temporary reason"
+        if isinstance(error, StoreError):
+            # A lookup (key, workspace, quota) the database could not answer: expected
+            # during an outage, said once per outage, not a traceback per command.
+            self._store_failures.failed(error)
+            return DISK_FULL if error.disk_full else LOCAL_ERROR
         log.exception("unexpected error in SMTP session")
-        return "451 4.3.0 Local error in processing, try again later"
+        return LOCAL_ERROR
