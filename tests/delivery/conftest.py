@@ -1,8 +1,10 @@
-"""Fixtures for delivery tests: a started RelayService per test, message builders, waiting."""
+"""Fixtures for delivery tests: a started RelayService per test, dispatchers stopped at
+the end, message builders, waiting."""
 
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -14,6 +16,9 @@ from sqlalchemy.engine import Engine
 
 from daemon.core.ids import message_id
 from daemon.core.message import NewMessage, Recipient
+from daemon.delivery.dispatcher import Dispatcher
+from daemon.providers import build_providers
+from daemon.providers.base import Provider
 from daemon.service import RelayService
 from daemon.store import queue
 from daemon.store.models import messages
@@ -100,3 +105,31 @@ def dsn_rows(engine: Engine) -> list[Any]:
                 sa.select(messages).where(messages.c.source == "dsn").order_by(messages.c.id)
             ).all()
         )
+
+
+class Running:
+    """Dispatchers started by a test, stopped at its end (each closes its providers)."""
+
+    def __init__(self) -> None:
+        self.dispatchers: list[Dispatcher] = []
+
+    async def start(
+        self, service: RelayService, seed: int = 1, write_within: float = 0.0
+    ) -> Dispatcher:
+        providers: dict[str, Provider] = build_providers(service.config)
+        dispatcher = Dispatcher(service, providers, random.Random(seed), write_within)
+        await dispatcher.start()
+        self.dispatchers.append(dispatcher)
+        return dispatcher
+
+    async def close(self) -> None:
+        dispatchers, self.dispatchers = self.dispatchers, []
+        for dispatcher in dispatchers:
+            await dispatcher.stop(1.0)
+
+
+@pytest.fixture
+async def running() -> AsyncIterator[Running]:
+    r = Running()
+    yield r
+    await r.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from email import message_from_bytes, policy
 from email.message import Message
 from typing import Any, cast
@@ -13,6 +12,7 @@ from sqlalchemy.engine import Engine
 
 from daemon.store.engine import make_engine
 from tests.delivery.conftest import (
+    Running,
     ServiceFactory,
     attempts,
     dsn_rows,
@@ -20,15 +20,8 @@ from tests.delivery.conftest import (
     recipients,
     wait_status,
 )
-from tests.delivery.test_dispatcher import FAST_RETRY, Running, sink_provider
+from tests.delivery.test_dispatcher import FAST_RETRY, sink_provider
 from tests.sink import Sink
-
-
-@pytest.fixture
-async def running() -> AsyncIterator[Running]:
-    r = Running()
-    yield r
-    await r.close()
 
 
 async def test_a_delivery_slower_than_its_lease_is_not_taken_over(

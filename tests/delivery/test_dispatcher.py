@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import random
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
@@ -17,14 +16,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from daemon.core.message import PRIORITIES
-from daemon.delivery import Dispatcher
-from daemon.providers import Provider, SmtpProvider, build_providers
-from daemon.service import RelayService
+from daemon.providers import SmtpProvider
 from daemon.store import queue
 from daemon.store.engine import make_engine
 from daemon.store.models import messages
 from tests.delivery.conftest import (
     RAW,
+    Running,
     ServiceFactory,
     attempts,
     dsn_rows,
@@ -41,36 +39,6 @@ def sink_provider(sink: Sink, **extra: Any) -> dict[str, Any]:
     return {
         "sink": {"type": "smtp", "host": "127.0.0.1", "port": sink.port, "timeout": "5s", **extra}
     }
-
-
-class Running:
-    """A dispatcher with its providers, stopped (and providers closed) at the end of a test."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[Dispatcher, dict[str, Provider]]] = []
-
-    async def start(
-        self, service: RelayService, seed: int = 1, write_within: float = 0.0
-    ) -> Dispatcher:
-        providers = build_providers(service.config)
-        dispatcher = Dispatcher(service, providers, random.Random(seed), write_within)
-        await dispatcher.start()
-        self.items.append((dispatcher, providers))
-        return dispatcher
-
-    async def close(self) -> None:
-        items, self.items = self.items, []
-        for dispatcher, providers in items:
-            await dispatcher.stop(1.0)
-            for p in providers.values():
-                await p.close()
-
-
-@pytest.fixture
-async def running() -> AsyncIterator[Running]:
-    r = Running()
-    yield r
-    await r.close()
 
 
 @pytest.fixture
@@ -381,7 +349,6 @@ async def test_two_daemons_deliver_each_message_once(
         assert one.owner != two.owner
     finally:
         await running.close()
-        running.items.clear()
         if second is not None:  # its writer's connection goes back before the pool is disposed
             await second.close()
         second_engine.dispose()

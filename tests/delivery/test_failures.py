@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from email.message import Message
@@ -22,6 +21,7 @@ from daemon.providers.base import DeliveryResult, Envelope, HealthResult
 from daemon.store import queue
 from tests.conftest import StartServer
 from tests.delivery.conftest import (
+    Running,
     ServiceFactory,
     attempts,
     dsn_rows,
@@ -29,7 +29,7 @@ from tests.delivery.conftest import (
     recipients,
     wait_status,
 )
-from tests.delivery.test_dispatcher import FAST_RETRY, Running, sink_provider
+from tests.delivery.test_dispatcher import FAST_RETRY, sink_provider
 from tests.delivery.upstream import Upstream
 from tests.sink import Sink
 
@@ -60,13 +60,6 @@ class Faulty:
 
     async def close(self) -> None:
         return None
-
-
-@pytest.fixture
-async def running() -> AsyncIterator[Running]:
-    r = Running()
-    yield r
-    await r.close()
 
 
 async def faulty_dispatcher(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import random
 import re
 import time
 from collections import Counter
@@ -21,11 +20,9 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import Engine
 
-from daemon.delivery import Dispatcher
-from daemon.providers import Provider, build_providers
 from daemon.service import RelayService
 from daemon.store import queue
-from tests.delivery.conftest import ServiceFactory, attempts, new_message, wait_status
+from tests.delivery.conftest import Running, ServiceFactory, attempts, new_message, wait_status
 from tests.providers.fakes import Answer, MailgunFake, SendgridFake
 
 FAST = {"retry_base": "50ms", "retry_max": "100ms", "max_retries": 5}
@@ -55,26 +52,6 @@ def mailgun_cfg(fake: MailgunFake, **extra: Any) -> dict[str, Any]:
 
 def sendgrid_cfg(fake: SendgridFake, **extra: Any) -> dict[str, Any]:
     return {"type": "sendgrid", "api_key": fake.api_key, "base_url": fake.base_url, **extra}
-
-
-class Running:
-    def __init__(self) -> None:
-        self.dispatchers: list[Dispatcher] = []
-
-    async def start(self, service: RelayService, seed: int = 7) -> Dispatcher:
-        providers: dict[str, Provider] = build_providers(service.config)
-        dispatcher = Dispatcher(service, providers, random.Random(seed))
-        await dispatcher.start()
-        self.dispatchers.append(dispatcher)
-        return dispatcher
-
-
-@pytest.fixture
-async def running() -> AsyncIterator[Running]:
-    r = Running()
-    yield r
-    for d in r.dispatchers:
-        await d.stop(1.0)  # closes its providers
 
 
 @pytest.fixture
@@ -143,7 +120,7 @@ async def test_temporary_failures_fail_over_and_nothing_is_sent_twice(
             "sg": sendgrid_cfg(sendgrid, priority=2),
         },
     )
-    await running.start(service)
+    await running.start(service, seed=7)
     ids = await enqueue(service, 30)
     for mid in ids:
         await wait_status(engine, mid, "sent")
@@ -171,7 +148,7 @@ async def test_permanent_refusal_does_not_fail_over(
         queue=FAST,
         providers={"mg": mailgun_cfg(mailgun), "sg": sendgrid_cfg(sendgrid, priority=2)},
     )
-    await running.start(service)
+    await running.start(service, seed=7)
     (mid,) = await enqueue(service, 1)
     row = await wait_status(engine, mid, "failed")
     assert "not a valid address" in row.error
@@ -201,7 +178,7 @@ async def test_breaker_opens_probes_and_closes(
         providers={"mg": mailgun_cfg(mailgun), "sg": sendgrid_cfg(sendgrid, priority=2)},
     )
     state = service.providers_state
-    await running.start(service)
+    await running.start(service, seed=7)
     first = await enqueue(service, 8)
     for mid in first:
         await wait_status(engine, mid, "sent")
@@ -234,7 +211,7 @@ async def test_all_down_messages_wait_without_using_retries(
         health={"down_after": 1, "cooldown": "3s"},
         providers={"mg": mailgun_cfg(mailgun)},
     )
-    await running.start(service)
+    await running.start(service, seed=7)
     (tripping,) = await enqueue(service, 1)
     row = await until(engine, tripping, lambda r: r.retry_count == 1)
     assert row.status == "queued"  # the failed call used a retry and opened the circuit
@@ -288,7 +265,7 @@ async def test_rate_limits_hold(
             "sg": sendgrid_cfg(sendgrid, priority=2, rate_limit=3),
         },
     )
-    await running.start(service)
+    await running.start(service, seed=7)
     ids = await enqueue(service, 15)
     for mid in ids:
         await wait_status(engine, mid, "sent", timeout=15)
@@ -315,7 +292,7 @@ async def test_a_429_is_not_retried_before_the_providers_reset(
                headers={"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(reset)})
     )  # fmt: skip
     service = await make_service(queue=FAST, providers={"sg": sendgrid_cfg(sendgrid)})
-    await running.start(service)
+    await running.start(service, seed=7)
     (mid,) = await enqueue(service, 1)
     row = await until(engine, mid, lambda r: r.retry_count == 1)
     assert row.status == "queued"

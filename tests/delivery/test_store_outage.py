@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
@@ -16,19 +16,12 @@ from sqlalchemy.engine import Engine
 
 from daemon.jobs import Jobs
 from daemon.store.engine import bound_lock_waits
-from tests.delivery.conftest import ServiceFactory, attempts, new_message, wait_status
-from tests.delivery.test_dispatcher import Running, sink_provider
+from tests.delivery.conftest import Running, ServiceFactory, attempts, new_message, wait_status
+from tests.delivery.test_dispatcher import sink_provider
 from tests.sink import Sink
 from tests.store.test_committer_resilience import locked
 
 LOCK_WAIT = 0.2  # seconds a statement waits for the lock, then the store is "unavailable"
-
-
-@pytest.fixture
-async def running() -> AsyncIterator[Running]:
-    r = Running()
-    yield r
-    await r.close()
 
 
 async def test_a_result_the_database_cannot_take_now_is_held_not_delivered_twice(
