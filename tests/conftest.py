@@ -49,11 +49,22 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'relay.db'}"
         return
+    yield from _pg_schema_url(require_postgresql())
+
+
+def require_postgresql() -> str:
+    """RELAY_TEST_DATABASE_URL; without it a test fails in CI and skips elsewhere."""
     if not PG_URL:
         if IN_CI:
             pytest.fail("CI is set but RELAY_TEST_DATABASE_URL is not")
         pytest.skip("RELAY_TEST_DATABASE_URL not set")
-    yield from _pg_schema_url(PG_URL)
+    return PG_URL
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """PostgreSQL only (what SQLite has no counterpart of): a fresh schema."""
+    yield from _pg_schema_url(require_postgresql())
 
 
 @pytest.fixture

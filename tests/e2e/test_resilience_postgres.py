@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from tests.conftest import IN_CI, PG_URL
+from tests.conftest import PG_URL, require_postgresql
 from tests.e2e.conftest import Daemon, free_port
 
 pytestmark = pytest.mark.e2e
@@ -233,17 +233,14 @@ def own_log_lines(log: str) -> list[str]:
 def own_database() -> Iterator[str]:
     """A database of its own, owned by a role of its own (a superuser ignores connection
     limits), dropped afterwards; the URL relayd uses."""
-    if not PG_URL:
-        if IN_CI:
-            pytest.fail("CI is set but RELAY_TEST_DATABASE_URL is not")
-        pytest.skip("RELAY_TEST_DATABASE_URL not set")
+    pg = require_postgresql()
     name = "relay_resil_" + secrets.token_hex(4)
-    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    admin = sa.create_engine(pg, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
             conn.execute(sa.text(f'CREATE ROLE "{name}" LOGIN'))
             conn.execute(sa.text(f'CREATE DATABASE "{name}" OWNER "{name}"'))
-        url = sa.engine.make_url(PG_URL).set(username=name, password=None, database=name, query={})
+        url = sa.engine.make_url(pg).set(username=name, password=None, database=name, query={})
         yield url.render_as_string(hide_password=False)
     finally:
         with admin.connect() as conn:

@@ -20,7 +20,7 @@ from daemon.store import queue, tenancy
 from daemon.store.committer import Committer
 from daemon.store.engine import StoreError, bound_lock_waits, make_engine
 from daemon.store.migrate import upgrade
-from tests.conftest import IN_CI, PG_URL, _pg_schema_url
+from tests.conftest import PG_URL
 
 LOCK_WAIT = 0.3  # seconds: the bound the tests give their engine
 
@@ -135,16 +135,6 @@ def test_a_new_sqlite_connection_reads_at_once_while_another_process_writes(
                 assert conn.execute(sa.text("PRAGMA auto_vacuum")).scalar() == 2
     finally:
         engine.dispose()
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """PostgreSQL only (a server that ends connections): a fresh schema."""
-    if not PG_URL:
-        if IN_CI:
-            pytest.fail("CI is set but RELAY_TEST_DATABASE_URL is not")
-        pytest.skip("RELAY_TEST_DATABASE_URL not set")
-    yield from _pg_schema_url(PG_URL)
 
 
 async def test_a_connection_the_server_ended_is_replaced_without_failing_the_write(

@@ -7,9 +7,6 @@ import sqlalchemy as sa
 
 from daemon.store.engine import make_engine
 from tests.conftest import StartServer
-from tests.store.test_committer_resilience import pg_url
-
-__all__ = ["pg_url"]  # the fixture
 
 
 async def test_the_running_daemon_waits_for_a_lock_at_most_30s(start_server: StartServer) -> None:

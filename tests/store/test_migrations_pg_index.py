@@ -12,28 +12,18 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from daemon.store.engine import make_engine
 from daemon.store.migrate import current_revision, downgrade, head_revision, upgrade
-from tests.conftest import IN_CI, PG_URL, _pg_schema_url
+from tests.conftest import PG_URL
 
 INDEX = "ix_message_recipients_address_lower"
 PLAIN = "ix_message_recipients_address"
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    if not PG_URL:
-        if IN_CI:
-            pytest.fail("CI is set but RELAY_TEST_DATABASE_URL is not")
-        pytest.skip("RELAY_TEST_DATABASE_URL not set")
-    yield from _pg_schema_url(PG_URL)
 
 
 class Migrator:
