@@ -529,6 +529,12 @@ class SmtpProvider:
             refused.get(r.address) or RecipientResult(r.address, TEMPORARY, code, reply)
             for r in envelope.recipients
         )
+        return self._combined(results, code, reply)
+
+    def _combined(
+        self, results: tuple[RecipientResult, ...], code: int | None, reply: str
+    ) -> DeliveryResult:
+        """One result from per-recipient ones: their combined outcome, with ``code``/``reply``."""
         return DeliveryResult(
             outcome=combine([x.outcome for x in results]),
             recipients=results,
@@ -551,13 +557,7 @@ class SmtpProvider:
     ) -> DeliveryResult:
         results = tuple(refused[r.address] for r in envelope.recipients)
         first = results[0]
-        return DeliveryResult(
-            outcome=combine([x.outcome for x in results]),
-            recipients=results,
-            code=first.code,
-            reply=first.reply,
-            remote=self.host,
-        )
+        return self._combined(results, first.code, first.reply)
 
     def _data_refused(
         self,
@@ -572,13 +572,7 @@ class SmtpProvider:
         for r in accepted:
             refused[r.address] = RecipientResult(r.address, kind, code, reply)
         results = tuple(refused[r.address] for r in envelope.recipients)
-        return DeliveryResult(
-            outcome=combine([x.outcome for x in results]),
-            recipients=results,
-            code=code,
-            reply=reply,
-            remote=self.host,
-        )
+        return self._combined(results, code, reply)
 
     def _sent(
         self,
