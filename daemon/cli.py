@@ -282,12 +282,8 @@ def main(argv: list[str] | None = None) -> int:
             runner.run(Server(config, reload=reload).run())
     except ConfigError as exc:
         return _fail(f"configuration error: {exc}", 2)
-    except SQLAlchemyError as exc:
-        return _fail(f"cannot start: {_database_problem(config, exc)}", 1)
-    except MigrationError as exc:
-        return _fail(f"cannot start: {exc}", 1)
-    except OSError as exc:
-        return _fail(f"cannot start: {_os_problem(exc)}", 1)
+    except (SQLAlchemyError, MigrationError, OSError) as exc:
+        return _fail(f"cannot start: {_problem(config, exc)}", 1)
     except KeyboardInterrupt:
         return 0
     finally:
@@ -317,16 +313,23 @@ def _migrate(config: Config) -> int:
         return _fail(f"migration refused: {_os_problem(exc)}", 1)
     try:
         before, after = upgrade(make_engine(config.database_url))
-    except SQLAlchemyError as exc:
-        return _fail(f"migration failed: {_database_problem(config, exc)}", 1)
-    except MigrationError as exc:
-        return _fail(f"migration failed: {exc}", 1)
-    except OSError as exc:
-        return _fail(f"migration failed: {_os_problem(exc)}", 1)
+    except (SQLAlchemyError, MigrationError, OSError) as exc:
+        return _fail(f"migration failed: {_problem(config, exc)}", 1)
     finally:
         lock.release()
     print(f"database at {after} (was {before or 'empty'})")
     return 0
+
+
+def _problem(config: Config, exc: Exception) -> str:
+    """A database, migration or system failure of start or migrate as one line."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if isinstance(exc, SQLAlchemyError):
+        return _database_problem(config, exc)
+    if isinstance(exc, OSError):
+        return _os_problem(exc)
+    return str(exc)
 
 
 def _database_problem(config: Config, exc: Exception) -> str:
