@@ -172,14 +172,17 @@ async def on_http_exception(request: Request, exc: Exception) -> Response:
 
 
 async def on_store_error(request: Request, exc: Exception) -> Response:
-    log.warning(
+    assert isinstance(exc, StoreError)
+    # An unavailable database is said once per outage by the store (its reads and its
+    # writes); each request it fails is only worth a line at info, for its request id.
+    log.log(
+        logging.INFO if exc.unavailable else logging.WARNING,
         "database error on %s %s [%s]: %s",
         request.method,
         request.url.path,
         request_id_of(request),
         exc,
     )
-    assert isinstance(exc, StoreError)
     reason = "the disk is full" if exc.disk_full else "the database is unavailable"
     return envelope(request, ApiError("DATABASE_ERROR", f"{reason}; try again later"))
 

@@ -34,7 +34,13 @@ from typing import Any, Protocol, TypeVar
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from daemon.store.engine import StoreError, classify_error, is_unavailable, store_unavailable
+from daemon.store.engine import (
+    FailureLog,
+    StoreError,
+    classify_error,
+    is_unavailable,
+    store_unavailable,
+)
 
 log = logging.getLogger("relayd.store")
 
@@ -402,16 +408,29 @@ class Committer:
 
 
 class Reader:
-    """Runs read-only queries on a small thread pool (SQLite WAL readers never block the writer)."""
+    """Runs read-only queries on a small thread pool (SQLite WAL readers never block the writer).
+
+    An unavailable database is logged once when reads start failing and once when they
+    work again (:class:`FailureLog`, on the event loop's thread), so the API, which
+    answers every read it cannot make with 500 DATABASE_ERROR, need not log each one.
+    """
 
     def __init__(self, engine: Engine, workers: int = 4) -> None:
         self._engine = engine
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="relay-reader")
         self._local = threading.local()
+        self._failures = FailureLog(log, "database reads")
 
     async def run(self, op: Callable[[Connection], T]) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._read, op)
+        try:
+            result = await loop.run_in_executor(self._executor, self._read, op)
+        except StoreError as exc:
+            if exc.unavailable:
+                self._failures.failed(exc.__cause__ or exc)  # the driver's words
+            raise
+        self._failures.worked()
+        return result
 
     def _read(self, op: Callable[[Connection], T]) -> T:
         try:

@@ -220,12 +220,12 @@ def watch_queue_depth(daemon: Daemon, depths: list[int | None], seconds: float =
 
 def own_log_lines(log: str) -> list[str]:
     """Warnings and errors of relayd's own parts: the store, delivery, jobs, webhooks,
-    providers and SMTP (the API logs one line per refused request)."""
+    providers, SMTP and the API (each request it refused is a line at info only)."""
     return [
         line
         for line in log.splitlines()
         if re.match(r"\S+ \S+ (WARNING|ERROR|CRITICAL) ", line)
-        and not re.search(r" (relayd\.api|psycopg): ", line)
+        and not re.search(r" psycopg: ", line)
     ]
 
 

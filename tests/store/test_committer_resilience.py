@@ -11,13 +11,14 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from daemon.store import queue, tenancy
-from daemon.store.committer import Committer
+from daemon.store.committer import Committer, Reader
 from daemon.store.engine import StoreError, bound_lock_waits, make_engine
 from daemon.store.migrate import upgrade
 from tests.conftest import PG_URL
@@ -252,3 +253,37 @@ async def test_a_server_gone_from_the_network_fails_writes_within_one_connect_ti
         finally:
             await writer.close()
             engine.dispose()
+
+
+async def test_reads_of_an_unavailable_database_are_logged_once_and_once_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The API logged a warning for every request it answered 500 DATABASE_ERROR: under
+    load, thousands of lines in an outage. Reads now say it once when they start failing
+    and once when they work again (here: a database whose volume is not mounted yet)."""
+    caplog.set_level(logging.DEBUG, logger="relayd.store")
+    volume = tmp_path / "volume"
+    engine = make_engine(f"sqlite:///{volume / 'relay.db'}")
+    volume.rmdir()  # made by make_engine; gone, as an unmounted volume's mount point
+    reader = Reader(engine)
+    try:
+
+        def count(conn: Connection) -> int:
+            return int(conn.execute(sa.text("SELECT count(*) FROM sqlite_master")).scalar_one())
+
+        for _ in range(5):
+            with pytest.raises(StoreError) as refused:
+                await reader.run(count)
+            assert refused.value.unavailable
+        volume.mkdir()
+        assert await reader.run(count) == 0
+        assert await reader.run(count) == 0
+        lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(lines) == 2, lines
+        assert lines[0].startswith("database reads: ")
+        assert "unable to open database file" in lines[0]
+        assert lines[1].startswith("database reads: working again after ")
+        assert lines[1].endswith("(5 failed rounds)")
+    finally:
+        reader.close()
+        engine.dispose()
