@@ -40,6 +40,9 @@ RESTART_KEYS = frozenset(
         "health.interval",  # the scheduler's job interval is set at start-up
     }
 )
+# Restart keys a running Server applies itself (SIGHUP, PUT): the pair it serves to new
+# TLS handshakes. Without a Server (the API alone) they still need a restart.
+LIVE_TLS_KEYS = frozenset({"smtp.tls_cert", "smtp.tls_key"})
 # Provider keys the router reads on every message; the rest is bound into the client.
 LIVE_PROVIDER_KEYS = frozenset(
     {"enabled", "priority", "weight", "rate_limit", "rate_limit_per_second", "workspace_id"}

@@ -24,7 +24,7 @@ from daemon.config import Config, ConfigError
 from daemon.delivery.dispatcher import SHARED_WRITER_DELAY, Dispatcher
 from daemon.delivery.webhooks import WebhookSender
 from daemon.jobs import Jobs
-from daemon.overrides import apply_runtime, changed, needs_restart, restore
+from daemon.overrides import LIVE_TLS_KEYS, apply_runtime, changed, needs_restart, restore
 from daemon.providers import build_providers
 from daemon.service import RelayService
 from daemon.smtp.listener import SmtpListeners
@@ -36,7 +36,6 @@ from daemon.tls import ServerTls, ensure_certificate
 log = logging.getLogger("relayd")
 
 # Read again on every SIGHUP (Server.reload): a new pair needs no restart.
-LIVE_TLS_KEYS = frozenset({"smtp.tls_cert", "smtp.tls_key"})
 
 
 class _Uvicorn(uvicorn.Server):
@@ -147,6 +146,7 @@ class Server:
         await self.service.start()
         cert, key = ensure_certificate(config)
         self.tls = ServerTls(cert, key)
+        self.service.reload_tls = self._reload_tls  # for PUT /api/admin/config
         # SMTP in worker processes: delivery's writes wait to share commits (see the constant).
         self.dispatcher = Dispatcher(
             self.service,
@@ -225,15 +225,16 @@ class Server:
             tls or "",
         )
 
-    def _reload_tls(self) -> str | None:
-        """Serve the configured (or generated) pair, read again, to new TLS handshakes.
+    def _reload_tls(self, config: Config | None = None) -> str | None:
+        """Serve the pair ``config`` (default: the running one) names or generates, read
+        again, to new TLS handshakes.
 
         Returns what to add to the reload line ("" when the certificate is the same),
         or None when the pair does not load: then the one in service stays, said in
         one line.
         """
         try:
-            cert, key = ensure_certificate(self.config)
+            cert, key = ensure_certificate(config or self.config)
             renewed = self.tls.load(cert, key)
         except ConfigError as exc:
             log.error(

@@ -85,6 +85,9 @@ class RelayService:
         self._maintenance = MaintenanceState()
         # Called after the config or maintenance state changes (SMTP worker processes follow).
         self.observers: list[Callable[[], None]] = []
+        # Set by the Server: serves a config's TLS pair to new handshakes (see
+        # Server._reload_tls); None when the API runs without SMTP listeners.
+        self.reload_tls: Callable[[Config], str | None] | None = None
         self._wake: asyncio.Event | None = None
         self.tenancy = Tenancy(self)
         self.engagement = Engagement(self)

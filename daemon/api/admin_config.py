@@ -10,6 +10,7 @@ for the rest; ``null`` drops a runtime override.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -23,8 +24,17 @@ from daemon.api.fields import check_text, parse_json, read_body
 from daemon.api.responses import by_method
 from daemon.config import ConfigError, as_dict, describe_settings
 from daemon.core.redact import mask_url_password
-from daemon.overrides import apply_runtime, changed, check_update, merge, needs_restart, settled
+from daemon.overrides import (
+    LIVE_TLS_KEYS,
+    apply_runtime,
+    changed,
+    check_update,
+    merge,
+    needs_restart,
+    settled,
+)
 from daemon.store.admin import RUNTIME_CONFIG_KEY, put_setting
+from daemon.tls import ensure_certificate
 
 log = logging.getLogger("relayd.api")
 MAX_BODY = 64 * 1024
@@ -97,18 +107,29 @@ async def put_config(request: Request, principal: Principal) -> Response:
     old = service.config
     keys = changed(old, candidate)
     restart = needs_restart(keys, old)
+    tls = service.reload_tls if LIVE_TLS_KEYS.intersection(keys) else None
+    if tls is not None:
+        # Served at once, as SIGHUP would: checked first (a pair that does not load, or
+        # an encrypted key, is a 400 naming the key), so nothing is stored in vain.
+        restart = [key for key in restart if key not in LIVE_TLS_KEYS]
+        try:
+            await asyncio.to_thread(ensure_certificate, candidate)
+        except ConfigError as exc:
+            raise ApiError("INVALID_REQUEST", str(exc), {"field": exc.key}) from None
     now = service.clock()
     await service.committer.run(lambda c: put_setting(c, RUNTIME_CONFIG_KEY, runtime, now))
     service.runtime_layer = runtime
     service.reconfigure(candidate)
+    served = tls(candidate) if tls is not None else None
     if candidate.log_level != old.log_level:
         logging.getLogger().setLevel(candidate.log_level.upper())
     if service.maintenance.enabled is False:
         service.wake.set()  # a shorter interval or a larger batch applies at once
     log.info(
-        "configuration changed through the API: %s%s",
+        "configuration changed through the API: %s%s%s",
         ", ".join(keys) or "nothing",
         f" (restart needed for {', '.join(restart)})" if restart else "",
+        served or "",
     )
     body = {
         "success": True,

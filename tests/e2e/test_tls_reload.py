@@ -13,6 +13,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import pytest
 
 from daemon.tls import generate_self_signed
@@ -150,3 +151,45 @@ def test_sighup_serves_a_self_signed_pair_replaced_in_data_dir(
     assert lines == [lines[0]] and "TLS" not in lines[0], lines
     served_everywhere(daemon, new, timeout=5)
     assert daemon.terminate() == 0
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_tls_pair_set_through_the_admin_api_is_served_at_once(
+    daemon_factory: type[Daemon], tmp_path: Path, workers: int
+) -> None:
+    """PUT /api/admin/config took new ``smtp.tls_cert``/``tls_key`` paths but said
+    "restart required" for them, though SIGHUP applies them: now the PUT serves the
+    new pair at once, and refuses (400, nothing stored) a pair that does not load."""
+    now = datetime.now(UTC)
+    generate_self_signed(tmp_path / "new.crt", tmp_path / "new.key", "relay.test", now)
+    generate_self_signed(tmp_path / "other.crt", tmp_path / "other.key", "relay.test", now)
+    daemon = daemon_factory(tmp_path)
+    text = daemon.config_path.read_text().replace("[smtp]\n", f"[smtp]\nworkers = {workers}\n")
+    daemon.config_path.write_text(text)
+    daemon.start()
+    served_everywhere(daemon, pem_fingerprint(tmp_path / "data" / "tls" / "relay.crt"))
+    auth = {"Authorization": f"Bearer {daemon.token}"}
+
+    def put(cert: str, key: str) -> httpx.Response:
+        document = {"smtp": {"tls_cert": str(tmp_path / cert), "tls_key": str(tmp_path / key)}}
+        return httpx.put(f"{daemon.url}/api/admin/config", json=document, headers=auth)
+
+    answer = put("new.crt", "new.key")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["restart_required"] is False
+    assert answer.json()["data"]["restart_required_for"] == []
+    new = pem_fingerprint(tmp_path / "new.crt")
+    served_everywhere(daemon, new)
+    assert f"serving the new TLS certificate {tmp_path / 'new.crt'}" in daemon.log.read_text()
+
+    refused = put("other.crt", "new.key")  # a key that does not match the certificate
+    assert refused.status_code == 400, refused.text
+    error = refused.json()["error"]
+    assert error["code"] == "INVALID_REQUEST" and error["details"]["field"] == "smtp.tls_cert"
+    assert "cannot load certificate" in error["message"]
+    shown = httpx.get(f"{daemon.url}/api/admin/config", headers=auth).json()["data"]["smtp"]
+    assert shown["tls_cert"] == str(tmp_path / "new.crt")
+    served_everywhere(daemon, new, timeout=5)
+
+    assert daemon.terminate() == 0
+    assert "Traceback" not in daemon.log.read_text()
