@@ -8,9 +8,10 @@ The body is a filter, every given condition must hold::
      "provider": "smarthost", "error_contains": "quota", "dry_run": false}
 
 Retry acts on failed and auth_error messages (queued again, as a single retry) and,
-when ``status`` names it, on queued ones waiting for a later attempt (made due now);
-cancel acts on queued and scheduled ones. At least one condition is required, so an
-empty body never touches the whole queue. The answer::
+when ``status`` names them, on queued ones waiting for a later attempt (made due now)
+and on sent (or delivered) ones that some recipients did not get (queued again for
+those recipients only, as a single retry); cancel acts on queued and scheduled ones.
+At least one condition is required, so an empty body never touches the whole queue. The answer::
 
     {"action": "retry", "dry_run": false, "matched": 3, "count": 3,
      "ids": ["msg-...", ...], "skipped": []}
@@ -41,6 +42,7 @@ from daemon.core.durations import Duration
 from daemon.core.ids import WORKSPACE_ID
 from daemon.core.message import CANCELLABLE_STATUSES, RETRYABLE_STATUSES
 from daemon.store import admin
+from daemon.store.queue import HANDED_OVER
 
 FILTER_FIELDS = (
     "status",
@@ -54,7 +56,7 @@ FILTER_FIELDS = (
     "error_contains",
 )
 ALLOWED = {
-    "retry": (*RETRYABLE_STATUSES, "queued"),
+    "retry": (*RETRYABLE_STATUSES, "queued", *HANDED_OVER),
     "cancel": CANCELLABLE_STATUSES,
 }
 DEFAULT = {"retry": RETRYABLE_STATUSES, "cancel": CANCELLABLE_STATUSES}

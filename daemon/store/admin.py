@@ -25,7 +25,7 @@ from daemon.store.models import (
     messages,
     settings,
 )
-from daemon.store.queue import requeue
+from daemon.store.queue import HANDED_OVER, partly_delivered, requeue
 
 BATCH = 500
 RUNTIME_CONFIG_KEY = "config.runtime"
@@ -85,7 +85,12 @@ def _like_escape(text: str) -> str:
 
 def filter_conditions(f: QueueFilter) -> list[sa.ColumnElement[bool]]:
     """The WHERE conditions of ``f`` on the messages table."""
-    cond: list[sa.ColumnElement[bool]] = [messages.c.status.in_(f.statuses)]
+    # A handed-over status (a retry's "sent") means those delivered to some recipients only.
+    handed = [s for s in f.statuses if s in HANDED_OVER]
+    status = messages.c.status.in_([s for s in f.statuses if s not in HANDED_OVER])
+    if handed:
+        status = sa.or_(status, partly_delivered(handed))
+    cond: list[sa.ColumnElement[bool]] = [status]
     if f.workspace_id:
         cond.append(messages.c.workspace_id == f.workspace_id)
     if f.campaign_id:

@@ -715,16 +715,18 @@ def retry(
 # What a retry requeues: a failed or auth_error message, or one a provider took for some
 # recipients only (``sent``: a partial delivery) while others failed for good, ran out of
 # retries or were suppressed. Only those recipients are sent to again.
-_RETRYABLE = sa.or_(
-    messages.c.status.in_(RETRYABLE_STATUSES),
-    sa.and_(
-        messages.c.status.in_(HANDED_OVER),
+def partly_delivered(statuses: Sequence[str] = HANDED_OVER) -> sa.ColumnElement[bool]:
+    """Messages in ``statuses`` (handed over) with recipients a retry would send to."""
+    return sa.and_(
+        messages.c.status.in_(statuses),
         sa.exists().where(
             message_recipients.c.message_id == messages.c.id,
             message_recipients.c.status.in_(RETRIED_RECIPIENT_STATUSES),
         ),
-    ),
-)
+    )
+
+
+_RETRYABLE = sa.or_(messages.c.status.in_(RETRYABLE_STATUSES), partly_delivered())
 
 
 def requeue(conn: Connection, where: Sequence[sa.ColumnElement[bool]], now: datetime) -> list[Any]:

@@ -335,7 +335,8 @@ def retry_message(
 
     A partly delivered (sent) message given by ID is retried for the recipients that
     did not get it, never the others. Bulk retry acts on failed and auth_error
-    messages, and on deferred queued ones with --status queued. With --json:
+    messages, on deferred queued ones with --status queued, and on partly delivered
+    ones, for the recipients that did not get it, with --status sent. With --json:
     {"message_id", "status", "retry_count"}, or in bulk {"action", "dry_run", "matched",
     "count", "ids", "skipped"}.
     """

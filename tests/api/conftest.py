@@ -3,7 +3,7 @@ and httpx clients talking to the Starlette app through ASGITransport."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from datetime import timedelta
 from typing import Any
 
@@ -86,9 +86,14 @@ async def send(client: httpx.AsyncClient, **fields: Any) -> str:
 
 
 async def finish(
-    service: RelayService, message_id: str, status: str = "failed", code: int = 550
+    service: RelayService,
+    message_id: str,
+    status: str = "failed",
+    code: int = 550,
+    refused: Collection[str] = (),
 ) -> None:
-    """Take a queued message through a real claim and delivery outcome, ending in ``status``."""
+    """Take a queued message through a real claim and delivery outcome, ending in ``status``;
+    a ``sent`` one with ``refused`` recipients failed for those (a partial delivery)."""
     now = service.clock()
     claimed = await service.committer.run(
         lambda c: queue.claim(c, now, 100, "test-worker", timedelta(minutes=5))
@@ -108,11 +113,9 @@ async def finish(
             Attempt("outbox", "sent" if status == "sent" else "permanent", now, code, reply, 12),
         ),
         recipient_status=tuple(
-            (
-                r.address,
-                "sent" if status == "sent" else "failed",
-                None if status == "sent" else reply,
-            )
+            (r.address, "sent", None)
+            if status == "sent" and r.address not in refused
+            else (r.address, "failed", "5.1.1 mailbox unavailable")
             for r in target.recipients
         ),
     )

@@ -75,6 +75,30 @@ async def test_retry_filters_by_sender_campaign_error_and_age(
     assert (await bulk(client, "retry", older_than=past, dry_run=True))["matched"] == 0
 
 
+async def test_retry_of_partly_delivered_messages_sends_only_to_who_did_not_get_them(
+    client: httpx.AsyncClient, service: RelayService
+) -> None:
+    """A single retry took a partly delivered (sent) message, but the bulk retry refused
+    status "sent": an outage's partial deliveries had to be retried one by one."""
+    to = ["got@example.org", "not@example.org"]
+    partly = await send(client, to=to)
+    await finish(service, partly, "sent", refused=["not@example.org"])
+    everyone = await send(client, to=to)
+    await finish(service, everyone, "sent")
+    failed_one = await failed(client, service)
+
+    preview = await bulk(client, "retry", status="sent", dry_run=True)
+    assert (preview["matched"], preview["ids"]) == (1, [partly])
+    done = await bulk(client, "retry", status=["sent", "failed"])
+    assert done["ids"] == sorted([partly, failed_one]) and done["skipped"] == []
+    assert await status(client, partly) == "queued"
+    assert await status(client, everyone) == "sent"
+    detail = (await client.get(f"/api/messages/{partly}")).json()["data"]
+    got = {r["address"]: r["status"] for r in detail["recipients"]}
+    assert got == {"got@example.org": "sent", "not@example.org": "pending"}
+    assert (await bulk(client, "retry", status="sent"))["matched"] == 0
+
+
 async def test_retry_of_deferred_queued_messages_makes_them_due(
     client: httpx.AsyncClient, service: RelayService
 ) -> None:
@@ -144,7 +168,7 @@ async def test_workspace_scope(client: httpx.AsyncClient, service: RelayService)
     [
         ("retry", {}, "at least one filter"),
         ("retry", {"dry_run": True}, "at least one filter"),
-        ("retry", {"status": "sent"}, "not sent"),
+        ("retry", {"status": "processing"}, "not processing"),
         ("cancel", {"status": "failed"}, "not failed"),
         ("retry", {"older_than": "yesterday"}, "older_than"),
         ("retry", {"status": "failed", "bogus": 1}, "bogus"),

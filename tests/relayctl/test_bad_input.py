@@ -149,7 +149,7 @@ async def test_input_relayd_refuses_as_invalid_is_exit_2(cli: Cli) -> None:
     assert bad_from.exit_code == 2, bad_from.output
     assert bad_from.stderr.startswith("relayctl: send failed: from:")
     assert bad_from.stderr.endswith("(INVALID_EMAIL_FORMAT)\n")
-    bad_filter = await cli("queue", "retry", "--status", "sent")
+    bad_filter = await cli("queue", "retry", "--status", "processing")
     assert bad_filter.exit_code == 2
     assert bad_filter.stderr.endswith("(INVALID_REQUEST)\n")
     bad_setting = await cli("config", "set", "queue.batch_size", "0")

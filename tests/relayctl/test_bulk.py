@@ -95,9 +95,9 @@ async def test_usage_errors(cli: Cli) -> None:
     assert "needs a message id or at least one filter" in nothing.stderr
     both = await cli("queue", "cancel", "msg-x", "--status", "queued")
     assert both.exit_code == 2
-    bad = await cli("queue", "retry", "--status", "sent")
+    bad = await cli("queue", "retry", "--status", "processing")
     assert bad.exit_code == 2  # INVALID_REQUEST from relayd is a usage error
-    assert "(INVALID_REQUEST)" in bad.stderr and "not sent" in bad.stderr
+    assert "(INVALID_REQUEST)" in bad.stderr and "not processing" in bad.stderr
     age = await cli("queue", "retry", "--older-than", "soonish")
     assert age.exit_code == 2 and "older_than" in age.stderr
 
