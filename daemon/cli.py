@@ -125,19 +125,24 @@ def _check_storage(config: Config) -> None:
 
 def _check(config: Config) -> list[str]:
     """Validation that needs the filesystem: the data dir is writable, the TLS files load,
-    providers have their credentials (files read).
+    providers have their credentials (files read), the admin token is one (never empty).
 
-    Returns warnings: things that do not stop relayd but that an operator should hear.
+    Returns warnings: things that do not stop relayd but that an operator should hear
+    (a short admin token, a certificate about to expire).
     """
+    from daemon.admin_token import check_admin_token
     from daemon.providers.validation import check_credentials
     from daemon.tls import certificate_warnings, ensure_certificate, server_ssl_context
 
     check_credentials(config)
     _writable_directory("data_dir", config.data_path)
+    warnings = check_admin_token(config)
     _check_storage(config)
     cert, key = ensure_certificate(config)
     server_ssl_context(cert, key)
-    return certificate_warnings(cert) if config.smtp.tls_cert else []
+    if config.smtp.tls_cert:
+        warnings += certificate_warnings(cert)
+    return warnings
 
 
 def _os_problem(exc: OSError) -> str:

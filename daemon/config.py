@@ -127,11 +127,42 @@ def _readable_file(value: str) -> None:
         raise ValueError(f"cannot read file {value!r}")
 
 
-def _secret_file(value: str) -> None:
-    """A secret's file must be readable and hold something: an empty key signs nothing."""
+def read_secret_file(value: str) -> str:
+    """The stripped text of a secret's file, or ValueError saying why it cannot be one:
+    missing, unreadable, a directory, not UTF-8 text, or empty (an empty key signs
+    nothing, an empty token opens nothing)."""
     _readable_file(value)
-    if value and not Path(value).read_text().strip():
+    try:
+        data = Path(value).read_bytes()
+    except IsADirectoryError:
+        raise ValueError(f"{value!r} is a directory, not a file") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read file {value!r}: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"file {value!r} is not UTF-8 text (byte {exc.start})") from None
+    if not text.strip():
         raise ValueError(f"file {value!r} is empty")
+    return text.strip()
+
+
+def _secret_file(value: str) -> None:
+    """A secret's file must be readable text and hold something (:func:`read_secret_file`)."""
+    if value:
+        read_secret_file(value)
+
+
+BLANK_ADMIN_TOKEN = (
+    "is blank; set the token, or leave it empty to have relayd generate one"
+    " into data_dir/admin.token"
+)
+
+
+def _admin_token(value: str) -> None:
+    """Empty asks relayd to generate the token; blank is a mistake, never a token."""
+    if value and not value.strip():
+        raise ValueError(BLANK_ADMIN_TOKEN)
 
 
 def _jwt_secret(value: str) -> None:
@@ -207,6 +238,16 @@ class HttpConfig:
     metrics_networks: list[str] = setting(
         ["127.0.0.0/8", "::1/128"], "clients that may read /metrics without a token", _networks
     )
+    auth_lockout_failures: int = setting(
+        10,
+        "failed authentications (401 INVALID_TOKEN) from one client address within"
+        " auth_lockout_window after which its requests with credentials get 429"
+        " RATE_LIMIT_EXCEEDED until they age out; loopback included (0: no lockout)",
+        _non_negative,
+    )
+    auth_lockout_window: Duration = setting(
+        Duration(600.0, "10m"), "the window auth_lockout_failures counts failures in"
+    )
 
 
 @dataclass(frozen=True)
@@ -260,7 +301,9 @@ class RateLimitsConfig:
 
 @dataclass(frozen=True)
 class AuthConfig:
-    admin_token: str = setting("", "admin API token; empty: generated into data_dir/admin.token")
+    admin_token: str = setting(
+        "", "admin API token; empty: generated into data_dir/admin.token", _admin_token
+    )
     admin_token_file: str = setting("", "file holding the admin token (mode 0600)", _secret_file)
     jwt_secret: str = setting(
         "", "HS256 secret for Bearer JWTs; empty: JWTs are not accepted", _jwt_secret

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import secrets
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from daemon.admin_token import configured_admin_token, generated_admin_token
 from daemon.config import Config
 from daemon.core.maintenance import MaintenanceState
 from daemon.core.message import NewMessage
@@ -43,21 +41,17 @@ class MaintenanceMode(NotAccepting):
 
 
 def resolve_admin_token(config: Config) -> str:
-    """The admin token from config, its file, or one generated once into data_dir (0600)."""
-    if config.auth.admin_token:
-        return config.auth.admin_token
-    if config.auth.admin_token_file:
-        return Path(config.auth.admin_token_file).read_text().strip()
-    path = config.data_path / "admin.token"
-    if path.exists():
-        return path.read_text().strip()
-    config.data_path.mkdir(parents=True, exist_ok=True)
-    token = "rly_admin_" + secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token + "\n")
-    log.info("generated admin token in %s", path)
-    return token
+    """The admin token from config, its file, or one generated once into data_dir (0600).
+
+    Never an empty one (daemon.admin_token): a blank ``auth.admin_token`` or an empty,
+    missing or unreadable ``auth.admin_token_file`` raises ConfigError naming the key;
+    ``data_dir/admin.token`` found readable by others is made 0600, found empty it is
+    generated anew (both with a warning).
+    """
+    configured = configured_admin_token(config)
+    if configured is not None:
+        return configured[0]
+    return generated_admin_token(config)
 
 
 class RelayService:

@@ -38,6 +38,7 @@ from daemon.api import (
     webhooks,
     workspaces,
 )
+from daemon.api.auth_lockout import HttpAuthLockout
 from daemon.api.errors import EXCEPTION_HANDLERS, iso_utc
 from daemon.api.maylng_common import MaylngError, on_maylng_error
 from daemon.api.middleware import RequestContextMiddleware
@@ -121,4 +122,6 @@ def create_app(service: RelayService) -> Starlette:
         exception_handlers={**EXCEPTION_HANDLERS, MaylngError: on_maylng_error},
     )
     app.state.service = service
+    # Failed authentications by client address (daemon.api.auth_lockout): one per app.
+    app.state.auth_lockout = HttpAuthLockout()
     return app

@@ -16,8 +16,11 @@ Credentials come as ``Authorization: Bearer <token>`` or ``X-API-Key: <token>``:
   being with the default plan on first use).
 
 Missing credentials are 401 ``AUTH_REQUIRED``; wrong, revoked, expired or badly
-signed ones 401 ``INVALID_TOKEN``. After authenticating, :func:`requires_auth`
-counts the request against the workspace's rate limits (daemon.api.ratelimit).
+signed ones 401 ``INVALID_TOKEN``, counted against the client address: past
+``http.auth_lockout_failures`` of them within ``http.auth_lockout_window``, its
+requests with credentials get 429 ``RATE_LIMIT_EXCEEDED`` unchecked until they age
+out (daemon.api.auth_lockout). After authenticating, :func:`requires_auth` counts
+the request against the workspace's rate limits (daemon.api.ratelimit).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import jwt
 from starlette.requests import Request
 from starlette.responses import Response
 
+from daemon.api.auth_lockout import HttpAuthLockout
 from daemon.api.errors import ApiError
 from daemon.api.middleware import header
 from daemon.api.ratelimit import apply_rate_limits
@@ -185,8 +189,38 @@ def _check_header(request: Request, workspace_id: str) -> None:
         )
 
 
+def _carries_credentials(request: Request) -> bool:
+    """Whether :func:`presented_token` finds a credential (or a malformed Authorization)."""
+    if header(request, b"authorization"):
+        return True
+    api_key = header(request, b"x-api-key")
+    return bool(api_key and api_key.strip())
+
+
+def auth_lockout_of(request: Request) -> HttpAuthLockout:
+    """The failed-authentication counts of the app serving ``request``."""
+    lockout: HttpAuthLockout = request.app.state.auth_lockout
+    return lockout
+
+
 async def authenticate(request: Request, service: RelayService) -> Principal:
-    """Resolve the caller, or raise 401 AUTH_REQUIRED / INVALID_TOKEN."""
+    """Resolve the caller, or raise 401 AUTH_REQUIRED / INVALID_TOKEN.
+
+    A client address with too many INVALID_TOKEN answers of late gets 429
+    RATE_LIMIT_EXCEEDED for any credentials, unchecked (daemon.api.auth_lockout).
+    """
+    lockout = auth_lockout_of(request)
+    if _carries_credentials(request):
+        lockout.check(request, service)
+    try:
+        return await _identify(request, service)
+    except ApiError as exc:
+        if exc.code == "INVALID_TOKEN":
+            lockout.failed(request, service)
+        raise
+
+
+async def _identify(request: Request, service: RelayService) -> Principal:
     token = presented_token(request)
     if not token:
         raise ApiError(
