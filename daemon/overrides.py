@@ -159,7 +159,7 @@ def needs_restart(keys: list[str], old: Config) -> list[str]:
         bound_provider = parts[0] == "providers" and (
             parts[1] not in old.providers or parts[-1] not in LIVE_PROVIDER_KEYS
         )
-        if key in RESTART_KEYS or parts[0] == "http" or bound_provider:
+        if key in RESTART_KEYS or bound_provider:
             out.append(key)
     return out
 

@@ -67,6 +67,11 @@ async def test_put_provider_weight_is_live_but_port_needs_restart(
     assert port.status_code == 200
     assert port.json()["restart_required"] is True
     assert port.json()["data"]["restart_required_for"] == ["http.port"]
+    # The other [http] keys are read at each request: live (they said "restart").
+    http = {"metrics_networks": ["10.0.0.0/8"], "auth_lockout_failures": 3}
+    lockout = await client.put("/api/admin/config", json={"http": http})
+    assert lockout.json()["restart_required"] is False, lockout.text
+    assert service.config.http.auth_lockout_failures == 3
     database = await client.put(
         "/api/admin/config", json={"database": {"url": "sqlite:////tmp/other.db"}}
     )
