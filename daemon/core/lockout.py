@@ -1,7 +1,9 @@
-"""Failed SMTP AUTH attempts per client address: when a client is locked out.
+"""Failed authentication attempts per client address: when a client is locked out.
 
-Pure: the caller passes the time (monotonic seconds) and the limits (read live
-from ``[smtp]``, so a SIGHUP or ``PUT /api/admin/config`` applies at once). A
+Used by SMTP AUTH (daemon.smtp) and the HTTP API (daemon.api.auth_lockout), each
+with counts of its own. Pure: the caller passes the time (monotonic seconds) and the
+limits (read live from ``[smtp]`` or ``[http]``, so a SIGHUP or ``PUT
+/api/admin/config`` applies at once). A
 client with ``limit`` failures within the last ``window`` seconds is locked out
 until the oldest of them is ``window`` old: a sliding window, so a steady guesser
 gets ``limit`` tries per window at most, however many connections it opens.
