@@ -11,6 +11,17 @@ from daemon.core.retry import AUTH_ERROR, KINDS, PERMANENT, SENT, TEMPORARY
 
 T = TypeVar("T")
 
+# The slowest upload a provider waits for, in bytes per second (256 kbit/s). A provider's
+# ``timeout`` bounds each exchange as a whole; sending a message is allowed that plus its
+# size at this rate (:func:`upload_budget`), so a large message on a slow link is not cut
+# short, while an upload that stalls still ends.
+MIN_UPLOAD_RATE = 32 * 1024
+
+
+def upload_budget(timeout: float, size: int, rate: float = MIN_UPLOAD_RATE) -> float:
+    """Seconds to send ``size`` bytes: the provider's ``timeout`` plus ``size`` at ``rate``."""
+    return timeout + max(size, 0) / rate
+
 
 @dataclass(frozen=True)
 class Envelope:
@@ -170,6 +181,7 @@ class Provider(Protocol):
 
 __all__ = [
     "AUTH_ERROR",
+    "MIN_UPLOAD_RATE",
     "PERMANENT",
     "SENT",
     "TEMPORARY",
@@ -178,4 +190,5 @@ __all__ = [
     "HealthResult",
     "Provider",
     "RecipientResult",
+    "upload_budget",
 ]

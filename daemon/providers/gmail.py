@@ -212,7 +212,7 @@ class GmailProvider(RestProvider):
         auth = {"Authorization": f"Bearer {token}"}
         if len(raw) <= UPLOAD_THRESHOLD:
             body = {"raw": base64.urlsafe_b64encode(raw).decode("ascii")}
-            return await self.client.post(SEND_PATH, json=body, headers=auth)
+            return await self.request("POST", SEND_PATH, json=body, headers=auth)
         boundary = secrets.token_hex(16)
         while boundary.encode() in raw:
             boundary = secrets.token_hex(16)
@@ -224,7 +224,8 @@ class GmailProvider(RestProvider):
                 f"\r\n--{boundary}--\r\n".encode(),
             ]
         )
-        return await self.client.post(
+        return await self.request(
+            "POST",
             "/upload" + SEND_PATH,
             params={"uploadType": "multipart"},
             content=content,

@@ -22,7 +22,7 @@ from google.auth import crypt
 from google.auth import jwt as google_jwt
 
 from daemon.core.retry import AUTH_ERROR, TEMPORARY
-from daemon.providers.rest import reply_text, transport_reply
+from daemon.providers.rest import bounded_request, reply_text, transport_reply
 
 GMAIL_SEND = "https://www.googleapis.com/auth/gmail.send"
 DEFAULT_TOKEN_URL = "https://oauth2.googleapis.com/token"
@@ -116,8 +116,8 @@ class ServiceAccount:
 async def exchange(client: httpx.AsyncClient, token_url: str, assertion: str) -> tuple[str, float]:
     """Trade an assertion for ``(access_token, expires_in)``; raises TokenError."""
     try:
-        response = await client.post(
-            token_url, data={"grant_type": JWT_BEARER, "assertion": assertion}
+        response = await bounded_request(
+            client, "POST", token_url, data={"grant_type": JWT_BEARER, "assertion": assertion}
         )
     except httpx.HTTPError as exc:
         raise TokenError(TEMPORARY, f"token endpoint: {transport_reply(exc)}") from None

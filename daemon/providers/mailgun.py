@@ -130,7 +130,8 @@ class MailgunProvider(RestProvider):
         content_type, body = form_data([r.address for r in recipients], raw)
         async with self._slots:
             try:
-                response = await self.client.post(
+                response = await self.request(
+                    "POST",
                     f"/v3/{self.domain}/messages.mime",
                     content=body,
                     headers={"Content-Type": content_type},

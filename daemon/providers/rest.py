@@ -4,6 +4,12 @@ Each holds one ``httpx.AsyncClient`` (injected, so tests point it at a local
 fake; closed in ``close()``), bounds its calls in flight with ``max_connections``
 and turns transport failures into temporary results: a timeout, a refused or
 dropped connection is worth another try, through the next provider.
+
+httpx's timeouts bound each network operation (a connect, a read, a write), not a
+whole call: an API that trickles its answer a byte at a time would keep the call,
+and so the message's lease and a delivery slot, for ever. Every call therefore goes
+through :func:`bounded_request`, which bounds it as a whole by the provider's
+``timeout``, plus time to send a large body (:func:`daemon.providers.base.upload_budget`).
 """
 
 from __future__ import annotations
@@ -12,16 +18,17 @@ import asyncio
 import math
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from email.utils import parsedate_to_datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from daemon.config import ConfigError, ProviderConfig
 from daemon.core.message import Recipient
 from daemon.core.retry import TEMPORARY, classify_http
-from daemon.providers.base import DeliveryResult, HealthResult
+from daemon.providers.base import MIN_UPLOAD_RATE, DeliveryResult, HealthResult, upload_budget
 
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_CONNECTIONS = 16
@@ -180,7 +187,78 @@ def requested_wait(response: httpx.Response, now: float | None = None) -> float 
     return min(wait, LONGEST_REQUESTED_WAIT)
 
 
+class DeadlineExceeded(httpx.TimeoutException):
+    """A call that went past the provider's ``timeout`` as a whole (:func:`bounded_request`);
+    a timeout like httpx's own, so a temporary failure. ``str`` names the bound."""
+
+
+def call_timeout(client: httpx.AsyncClient) -> float | None:
+    """The provider's ``timeout`` as its client holds it (:func:`make_client` sets every
+    per-operation timeout to it): the longest one set; None when none is."""
+    t = client.timeout
+    values = [v for v in (t.connect, t.read, t.write, t.pool) if v is not None]
+    return max(values) if values else None
+
+
+def _seconds(value: float) -> str:
+    return f"{round(value, 1):g}s"
+
+
+async def bounded_request(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    content: bytes | None = None,
+    data: Mapping[str, str] | None = None,
+    json: object = None,
+    params: Mapping[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+    auth: httpx.Auth | tuple[str, str] | None = None,
+    min_upload_rate: float = MIN_UPLOAD_RATE,
+) -> httpx.Response:
+    """One HTTP call through ``client``, its answer read whole, bounded as a whole.
+
+    The call (connecting, TLS, sending the request, the answer to its last byte) must
+    end within the client's timeout (:func:`call_timeout`) plus the request body's size
+    at ``min_upload_rate`` (:func:`upload_budget`): the answer is only due once the
+    body is through, and when its last byte has left is not known (the kernel's send
+    buffer takes megabytes), so a large body on a slow link is not cut short while an
+    answer trickled a byte at a time still ends. Past it the call is abandoned, its
+    connection closed, and :class:`DeadlineExceeded` raised. A client without any
+    timeout is not bounded.
+    """
+    request = client.build_request(
+        method, url, content=content, data=data, json=json, params=params, headers=headers
+    )
+    seconds = call_timeout(client)
+    if seconds is None:
+        return await client.send(request, auth=auth)
+    size = int(request.headers.get("Content-Length") or 0)
+    budget = upload_budget(seconds, size, min_upload_rate)
+    # httpx bounds the body's one write and the wait for the answer's first byte (the
+    # rest of the upload) each by itself: they get the call's budget too.
+    timeouts = dict(request.extensions.get("timeout") or {})
+    timeouts.update(write=budget, read=budget)
+    request.extensions["timeout"] = timeouts
+    deadline = asyncio.timeout(budget)
+    try:
+        async with deadline:
+            return await client.send(request, auth=auth)
+    except (TimeoutError, httpx.HTTPError) as exc:
+        # Past the deadline, whatever the cancelled call raised (TimeoutError, or an httpx
+        # timeout firing at the same moment) is ours; anything before is the call's own.
+        if not deadline.expired():
+            raise
+        extra = budget - seconds
+        allowance = f", plus {_seconds(extra)} to send {size} bytes" if extra >= 0.05 else ""
+        why = f"no complete answer within {_seconds(budget)} (the provider's timeout{allowance})"
+        raise DeadlineExceeded(why, request=request) from exc
+
+
 def transport_reply(exc: Exception) -> str:
+    if isinstance(exc, DeadlineExceeded):
+        return f"timeout: {exc}"
     if isinstance(exc, httpx.TimeoutException):
         return f"timeout: no answer ({type(exc).__name__})"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -190,6 +268,8 @@ class RestProvider:
     """Base of the HTTP API providers: the client, the concurrency bound, shared mappings."""
 
     type = "rest"
+    # The slowest upload waited for (bytes/s): see :func:`bounded_request`.
+    min_upload_rate: float = MIN_UPLOAD_RATE
 
     def __init__(self, provider_id: str, client: httpx.AsyncClient, max_connections: int) -> None:
         self.id = provider_id
@@ -223,13 +303,42 @@ class RestProvider:
             outcome, recipients, response.status_code, reply, remote=self.remote, retry_in=wait
         )
 
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        content: bytes | None = None,
+        json: object = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        auth: httpx.Auth | None = None,
+    ) -> httpx.Response:
+        """A call to the provider's API, bounded as a whole (:func:`bounded_request`)."""
+        return await bounded_request(
+            self.client,
+            method,
+            path,
+            content=content,
+            json=json,
+            params=params,
+            headers=headers,
+            auth=auth,
+            min_upload_rate=self.min_upload_rate,
+        )
+
     async def probe(
-        self, method: str, path: str, auth: httpx.Auth | None = None, **kwargs: object
+        self,
+        method: str,
+        path: str,
+        auth: httpx.Auth | None = None,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, Any] | None = None,
     ) -> tuple[HealthResult, httpx.Response | None]:
         """A cheap authenticated request: unhealthy unless it answers 200."""
         started = time.monotonic()
         try:
-            response = await self.client.request(method, path, auth=auth, **kwargs)  # type: ignore[arg-type]
+            response = await self.request(method, path, auth=auth, headers=headers, params=params)
         except httpx.HTTPError as exc:
             return HealthResult(False, _ms(started), transport_reply(exc)), None
         if response.status_code != 200:

@@ -387,8 +387,8 @@ class SendgridProvider(RestProvider):
     async def _send_one(self, body: bytes, recipients: list[Recipient]) -> DeliveryResult:
         async with self._slots:
             try:
-                response = await self.client.post(
-                    "/v3/mail/send", content=body, headers=self._post_headers
+                response = await self.request(
+                    "POST", "/v3/mail/send", content=body, headers=self._post_headers
                 )
             except httpx.HTTPError as exc:
                 return self.failure(exc, recipients)

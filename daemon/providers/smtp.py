@@ -11,6 +11,19 @@ every RCPT TO and DATA together, then the message; the replies are read in
 order by :class:`_ReplyReader`, which takes the transport over for that
 exchange only. Without PIPELINING each command waits for its reply through
 aiosmtplib as before. Either way every reply is handled the same way.
+
+Bounds: the provider's ``timeout`` bounds each reply as a whole, from the command
+that asks for it to its last line (aiosmtplib waits for the complete reply, and
+:class:`_ReplyReader` restarts its clock only when a whole reply has arrived), so
+an upstream that trickles a reply, a multi-line one included, a byte at a time
+is given up at the timeout like one that says nothing (RFC 5321 4.5.3.2 sets its
+timeouts per command too). A whole transaction is not bounded by the timeout:
+the message's upload takes as long as its size on the link, and the reply to it
+is only due once the upload is through. That reply's clock starts as the message
+is handed to the transport (the kernel's send buffer takes megabytes, so when the
+last byte leaves is not known), so it gets the timeout plus the message's size
+at :data:`MIN_UPLOAD_RATE` (:func:`upload_budget`): a large message on a slow
+link is not cut short, and an upstream that stalls still ends.
 """
 
 from __future__ import annotations
@@ -44,11 +57,13 @@ from daemon.core.dsn import xtext_encode
 from daemon.core.message import Recipient
 from daemon.core.retry import AUTH_ERROR, PERMANENT, SENT, TEMPORARY, classify_smtp
 from daemon.providers.base import (
+    MIN_UPLOAD_RATE,
     DeliveryResult,
     Envelope,
     HealthResult,
     RecipientResult,
     combine,
+    upload_budget,
 )
 
 log = logging.getLogger("relayd.smtp-client")
@@ -146,9 +161,9 @@ class _ReplyReader(asyncio.Protocol):
     """Takes a session's transport over for one pipelined exchange and reads the replies.
 
     Replies are parsed as aiosmtplib parses them and kept in order. A lost
-    connection, an EOF, a reply timeout (restarted whenever a reply arrives) or
-    an unreadable reply ends the exchange with the error aiosmtplib would raise,
-    and the session is then never reused (``broken``).
+    connection, an EOF, a reply timeout (restarted whenever a whole reply arrives,
+    not by a part of one) or an unreadable reply ends the exchange with the error
+    aiosmtplib would raise, and the session is then never reused (``broken``).
     """
 
     def __init__(self, transport: asyncio.WriteTransport, timeout: float | None) -> None:
@@ -161,6 +176,7 @@ class _ReplyReader(asyncio.Protocol):
         self._buffer = bytearray()
         self._waiter: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._patience = timeout  # the current wait's timeout
         self._loop = asyncio.get_running_loop()
 
     def send(self, data: bytes, replies: int) -> None:
@@ -173,13 +189,15 @@ class _ReplyReader(asyncio.Protocol):
         self._wanted += replies
         self.transport.write(data)
 
-    async def wait(self) -> None:
-        """Until every reply asked for so far has arrived, or the exchange failed."""
+    async def wait(self, timeout: float | None = None) -> None:
+        """Until every reply asked for so far has arrived, or the exchange failed; each
+        reply within ``timeout`` (by default the session's) of the one before."""
         if len(self.replies) >= self._wanted or self.error is not None:
             return
+        self._patience = self.timeout if timeout is None else timeout
         self._waiter = self._loop.create_future()
-        if self.timeout is not None:
-            self._timer = self._loop.call_later(self.timeout, self._timed_out)
+        if self._patience is not None:
+            self._timer = self._loop.call_later(self._patience, self._timed_out)
         try:
             await self._waiter
         finally:
@@ -211,9 +229,9 @@ class _ReplyReader(asyncio.Protocol):
             self._wake()
         elif len(self._buffer) > _MAX_PENDING_REPLY:
             self._fail(SMTPResponseException(-1, "Response too long"))
-        elif len(self.replies) > before and self._timer is not None and self.timeout is not None:
+        elif len(self.replies) > before and self._timer is not None and self._patience is not None:
             self._timer.cancel()
-            self._timer = self._loop.call_later(self.timeout, self._timed_out)
+            self._timer = self._loop.call_later(self._patience, self._timed_out)
 
     def eof_received(self) -> bool:
         self._fail(SMTPServerDisconnected("Unexpected EOF received"))
@@ -293,6 +311,7 @@ class SmtpProvider:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         local_hostname: str | None = None,
         tls_context: ssl.SSLContext | None = None,
+        min_upload_rate: float = MIN_UPLOAD_RATE,
     ) -> None:
         if tls not in ("none", "starttls", "implicit"):
             raise ValueError(f"tls must be none, starttls or implicit, not {tls!r}")
@@ -306,6 +325,8 @@ class SmtpProvider:
         self.max_connections = max(1, max_connections)
         self.local_hostname = local_hostname or machine_fqdn()
         self.tls_context = tls_context
+        # The slowest upload of a message waited for, in bytes/s (see the module's docstring).
+        self.min_upload_rate = min_upload_rate
         self._idle: list[_Pooled] = []
         self._slots = asyncio.Semaphore(self.max_connections)
         self._closed = False
@@ -506,7 +527,11 @@ class SmtpProvider:
             return self._all_refused(envelope, refused)
 
         try:
-            response = await client.data(envelope.raw)
+            # aiosmtplib times the reply to the message from handing it over (and waits for
+            # the 354 before it with the same timeout): both get the upload's budget.
+            response = await client.data(
+                envelope.raw, timeout=self._upload_budget(len(envelope.raw))
+            )
         except SMTPDataError as exc:
             await self._reset(client)
             return self._data_refused(envelope, accepted, refused, exc.code, exc.message)
@@ -514,6 +539,10 @@ class SmtpProvider:
             client.close()
             return self._broken_off(envelope, refused, None, _error_text(exc))
         return self._sent(envelope, accepted, refused, response, dsn)
+
+    def _upload_budget(self, size: int) -> float:
+        """Seconds to send a message of ``size`` bytes (:func:`upload_budget`)."""
+        return upload_budget(self.timeout, size, self.min_upload_rate)
 
     def _broken_off(
         self, envelope: Envelope, refused: dict[str, RecipientResult], code: int | None, reply: str
@@ -697,8 +726,9 @@ class SmtpProvider:
             if start.code != 354:
                 refusal = self._data_refused(envelope, accepted, refused, start.code, start.message)
                 return refusal, True
-            reader.send(data_payload(envelope.raw), 1)
-            await reader.wait()
+            payload = data_payload(envelope.raw)
+            reader.send(payload, 1)
+            await reader.wait(self._upload_budget(len(payload)))
             response = reader.reply(data_index + 1)
         except SMTPException as exc:  # the connection broke (or timed out) mid-transaction
             reader.broken = True

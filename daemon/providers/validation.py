@@ -32,7 +32,13 @@ from daemon.providers.google_token import (
     TokenError,
     exchange,
 )
-from daemon.providers.rest import reply_text, required, secret, transport_reply
+from daemon.providers.rest import (
+    bounded_request,
+    reply_text,
+    required,
+    secret,
+    transport_reply,
+)
 
 GMAIL_CHECKS = (
     "json",
@@ -141,7 +147,7 @@ async def _mailgun_get(
     client: httpx.AsyncClient, url: str, api_key: str, params: dict[str, Any] | None = None
 ) -> httpx.Response:
     try:
-        response = await client.get(url, auth=("api", api_key), params=params)
+        response = await bounded_request(client, "GET", url, auth=("api", api_key), params=params)
     except httpx.HTTPError as exc:
         raise ProviderUnreachable(f"Mailgun: {transport_reply(exc)}") from None
     if response.status_code == 429 or response.status_code >= 500:
