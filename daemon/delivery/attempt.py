@@ -27,7 +27,7 @@ import dataclasses
 import logging
 import random
 import time
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Collection, Coroutine, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -46,8 +46,26 @@ log = logging.getLogger("relayd.delivery")
 
 ALL_PROVIDERS_DOWN = WAITING_PREFIX
 
-# The DSNs a round's outcome brings with it (none, or one per kind of event).
-Notices = tuple[NewMessage, ...]
+
+@dataclasses.dataclass(frozen=True)
+class Notices:
+    """The DSNs a round's outcome brings with it (none, or one per kind of event), queued
+    in the transaction that records it.
+
+    ``relayed``: the recipients its "relayed" DSN (NOTIFY=SUCCESS) reports. A result
+    that comes after its lease was taken over records none of these DSNs, the newer
+    delivery decides; but the recipients only it delivered are never sent to again,
+    so their success is reported from here (:meth:`Deliverer.late_notice`).
+    """
+
+    messages: tuple[NewMessage, ...] = ()
+    relayed: tuple[ReportedRecipient, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.messages)
+
+
+NO_NOTICES = Notices()
 
 # The RFC 3463 status of a round that failed in our own code: "other or undefined mail
 # system status", temporary (the DSN after the last retry reports it).
@@ -104,7 +122,7 @@ class Deliverer:
         self, message: ClaimedMessage, suppressed: suppression.Suppressed
     ) -> tuple[Outcome, Notices]:
         if not message.recipients:
-            return suppression.all_suppressed(message, suppressed, self.service.clock()), ()
+            return suppression.all_suppressed(message, suppressed, self.service.clock()), NO_NOTICES
         outcome, notices = await self.attempt(message)
         return suppression.merge(outcome, suppressed), notices
 
@@ -113,7 +131,7 @@ class Deliverer:
         config = self.config
         if not message.recipients:
             # Every recipient already has a final status; nothing is left to send.
-            return _finished_without_recipients(message, self.service.clock()), ()
+            return _finished_without_recipients(message, self.service.clock()), NO_NOTICES
         order = self._routes.order(
             config.providers, message.workspace_id, self.rng, available=self.providers
         )
@@ -308,14 +326,18 @@ class Deliverer:
                 config.queue.retry_max.seconds,
             )
             delayed = reports.delayed([deferred[r.address] for r in remaining], until)
-        notices = tuple(
-            n
-            for n in (
-                _notice(config, message, reports.failed(failures), now),
-                _notice(config, message, delayed, now),
-                _notice(config, message, reports.relayed(decided.accepted), now),
-            )
-            if n is not None
+        relayed = tuple(reports.relayed(decided.accepted))
+        notices = Notices(
+            tuple(
+                n
+                for n in (
+                    _notice(config, message, reports.failed(failures), now),
+                    _notice(config, message, delayed, now),
+                    _notice(config, message, relayed, now),
+                )
+                if n is not None
+            ),
+            relayed,
         )
         outcome = Outcome(
             message_id=message.id,
@@ -366,7 +388,15 @@ class Deliverer:
             error=error,
             dsn_delayed=bool(delayed),
         )
-        return outcome, (notice,) if notice is not None else ()
+        return outcome, Notices((notice,) if notice is not None else ())
+
+    def late_notice(
+        self, message: ClaimedMessage, notices: Notices, delivered: Collection[str], now: datetime
+    ) -> NewMessage | None:
+        """The "relayed" DSN of a result that came after its lease was taken over, for the
+        recipients in ``delivered`` (only it delivered to them); None when none asked."""
+        reported = [r for r in notices.relayed if r.address in delivered]
+        return _notice(self.config, message, reported, now)
 
 
 def _finished_without_recipients(message: ClaimedMessage, now: datetime) -> Outcome:

@@ -23,7 +23,7 @@ import random
 import secrets
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -32,7 +32,7 @@ from sqlalchemy.engine import Connection
 from daemon.config import Config
 from daemon.core import suppression
 from daemon.core.message import ClaimedMessage, NewMessage, Outcome
-from daemon.delivery.attempt import Deliverer, describe
+from daemon.delivery.attempt import NO_NOTICES, Deliverer, Notices, describe
 from daemon.providers.base import Provider
 from daemon.service import RelayService
 from daemon.store import audience, queue
@@ -63,7 +63,7 @@ HELD_RETRY_MAX = 0.5
 class _Pending:
     message: ClaimedMessage
     outcome: Outcome  # replaced when the store cannot take it (see Dispatcher._apart)
-    notices: tuple[NewMessage, ...]  # the DSNs the outcome causes
+    notices: Notices  # the DSNs the outcome causes
     done: asyncio.Future[None]
 
 
@@ -333,7 +333,7 @@ class Dispatcher:
                 # The database failed under prepare (tracking rewrites are stored before
                 # the first attempt): nothing was sent, so no retry is used, no bug logged.
                 log.info("delivery of %s postponed: %s", message.id, exc)
-                outcome, notices = self.deliverer.postponed(message, exc), ()
+                outcome, notices = self.deliverer.postponed(message, exc), NO_NOTICES
             else:
                 # A bug of ours: a temporary failure of this round, so it uses a retry
                 # instead of coming back every lease for ever.
@@ -491,8 +491,16 @@ class Dispatcher:
 
     async def _write(self, batch: Sequence[_Pending]) -> bool:
         return await self.service.committer.run(
-            functools.partial(_apply, batch=batch),
+            functools.partial(_apply, batch=batch, late=self._late_notice),
             within=0.0 if self._flush_closing else self.write_within,
+        )
+
+    def _late_notice(self, item: _Pending, delivered: set[str]) -> NewMessage | None:
+        """The DSN a result that came too late still owes: see :class:`Notices`."""
+        if not delivered or not item.notices.relayed:
+            return None
+        return self.deliverer.late_notice(
+            item.message, item.notices, delivered, item.outcome.processed_at
         )
 
 
@@ -514,10 +522,16 @@ def _claim_batch(
     return batch, audience.suppressed_addresses(conn, pairs)
 
 
-def _apply(conn: Connection, batch: Sequence[_Pending]) -> bool:
+def _apply(
+    conn: Connection,
+    batch: Sequence[_Pending],
+    late: Callable[[_Pending, set[str]], NewMessage | None],
+) -> bool:
     """Apply outcomes; DSNs are queued in the same transaction as the outcome causing them.
 
-    The providers' running counters move in the same transaction as the attempts.
+    A result that came too late (its lease taken over) queues only ``late``'s DSN, for
+    the recipients it alone delivered. The providers' running counters move in the same
+    transaction as the attempts.
     """
     if batch:
         day = batch[0].outcome.processed_at.date().isoformat()
@@ -528,7 +542,11 @@ def _apply(conn: Connection, batch: Sequence[_Pending]) -> bool:
     for item in batch:
         if not item.notices:
             continue
-        if queue.apply_outcomes(conn, [item.outcome]) == 1:
-            queue.insert_messages(conn, item.notices)
+        settled: dict[str, set[str]] = {}
+        if queue.apply_outcomes(conn, [item.outcome], settled) == 1:
+            queue.insert_messages(conn, item.notices.messages)
+            wake = True
+        elif (notice := late(item, settled.get(item.message.id, set()))) is not None:
+            queue.insert_messages(conn, [notice])
             wake = True
     return wake

@@ -364,10 +364,13 @@ def _keep_earlier_deliveries(
     ]
 
 
-def apply_outcomes(conn: Connection, outcomes: Sequence[Outcome]) -> int:
+def apply_outcomes(
+    conn: Connection, outcomes: Sequence[Outcome], settled: dict[str, set[str]] | None = None
+) -> int:
     """Record delivery results. A result whose lease was lost (another worker took the
     message over) is stale: it keeps its attempts, but leaves the message to the newer
-    delivery (see :func:`_settle_stale`).
+    delivery (see :func:`_settle_stale`); ``settled``, when given, receives the
+    recipients stale results delivered that no other delivery had (by message id).
 
     One SELECT checks every lease, then each table gets one executemany: this runs
     for every delivered message, so it must not cost a statement per row.
@@ -385,7 +388,10 @@ def apply_outcomes(conn: Connection, outcomes: Sequence[Outcome]) -> int:
     ]
     if len(applied) < len(by_id):
         held = {o.message_id for o, _, _ in applied}
-        _settle_stale(conn, [o for o in by_id.values() if o.message_id not in held])
+        newly = _settle_stale(conn, [o for o in by_id.values() if o.message_id not in held])
+        if settled is not None:
+            for message_id, address in newly:
+                settled.setdefault(message_id, set()).add(address)
     if not applied:
         return 0
     applied = _keep_earlier_deliveries(conn, applied)
@@ -479,7 +485,7 @@ _FINISH_STALE = (
 )
 
 
-def _settle_stale(conn: Connection, stale: Sequence[Outcome]) -> None:
+def _settle_stale(conn: Connection, stale: Sequence[Outcome]) -> set[tuple[str, str]]:
     """Results of deliveries whose lease another worker took over (the renewal failed, say,
     while the database was out of reach): that worker's result is the message's state.
 
@@ -490,7 +496,11 @@ def _settle_stale(conn: Connection, stale: Sequence[Outcome]) -> None:
     message waiting for a retry (``queued``) that no recipient is pending for any longer
     is finished: ``sent``, through the stale result's provider, its error naming the
     recipients that did not get it, if any. A message being delivered by the other
-    worker right now is left to that worker's result. No DSN goes out for a stale result.
+    worker right now is left to that worker's result.
+
+    Returns the (message id, address) pairs it made ``sent``: only the stale result
+    delivered to them, so only it can report that (a NOTIFY=SUCCESS DSN, which the
+    caller queues); its other DSNs are the newer delivery's to decide.
     """
     states = _MESSAGE_STATES
     if conn.dialect.name == "postgresql":
@@ -506,12 +516,12 @@ def _settle_stale(conn: Connection, stale: Sequence[Outcome]) -> None:
         if status == "sent"
     }
     if not delivered:
-        return
+        return set()
     found = conn.execute(_STILL_PENDING, {"ids": sorted({m for m, _ in delivered})})
     pending = {(message_id, address) for message_id, address in found}
     newly = delivered & pending
     if not newly:
-        return
+        return set()
     _UPDATE_RECIPIENT.executemany(
         conn,
         [
@@ -553,6 +563,7 @@ def _settle_stale(conn: Connection, stale: Sequence[Outcome]) -> None:
             )
         )
     counters.on_outcomes(conn, counted)
+    return newly
 
 
 def release(conn: Connection, owner: str, now: datetime) -> int:

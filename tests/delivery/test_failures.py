@@ -257,6 +257,58 @@ async def test_a_late_delivery_keeps_its_attempt_and_finishes_the_waiting_messag
     assert len(s.messages) == 1
 
 
+async def test_a_late_delivery_reports_the_success_only_it_delivered(
+    engine: Engine, make_service: ServiceFactory, running: Running
+) -> None:
+    """NOTIFY=SUCCESS asks for a "relayed" DSN. A result that came after its lease was
+    taken over queued none of its DSNs: the recipients only it delivered are never sent
+    to again, so their sender never heard of it. Now that DSN goes out, for those only."""
+    hold = asyncio.Event()
+    async with Sink(hold=hold) as s:
+        service = await make_service(providers=sink_provider(s))
+        await running.start(service)
+        rcpts = ("b@example.org", "c@example.org")
+        mid = await service.enqueue(new_message(rcpts, notify="SUCCESS"))
+        await asyncio.wait_for(s.held.wait(), 10)  # the upstream has the message
+        # Another daemon takes the message over and delivers c@ (and reports it) itself.
+        later = datetime.now(UTC) + timedelta(hours=1)
+        with engine.begin() as conn:
+            assert queue.reap_expired(conn, later) == 1
+            (taken,) = queue.claim(conn, later, 1, "other-worker", timedelta(minutes=5))
+            partly = Outcome(
+                mid,
+                "other-worker",
+                "queued",
+                datetime.now(UTC),
+                1,
+                later,
+                provider="sink",
+                error="b@example.org: 451 4.3.0 busy",
+                attempts=(Attempt("sink", "temporary", datetime.now(UTC), 451, "451 4.3.0 busy"),),
+                recipient_status=(
+                    ("b@example.org", "pending", "451 4.3.0 busy"),
+                    ("c@example.org", "sent", None),
+                ),
+            )
+            assert queue.apply_outcomes(conn, [partly]) == 1
+        assert taken.id == mid
+        hold.set()  # the first worker's upstream answers at last: both accepted
+        await wait_status(engine, mid, "sent")
+        (report,) = dsn_rows(engine)
+        dsn = await wait_status(engine, report.id, "sent")
+        await asyncio.sleep(0.3)  # room for a second DSN to show up
+    assert len(dsn_rows(engine)) == 1
+    assert (dsn.mail_from, dsn.to_addrs) == ("", ["a@example.com"])
+    assert dsn.subject == "Successful Mail Delivery Report"
+    (delivered,) = [m for m in s.messages if m.mail_from == "<>"]
+    assert b"Final-Recipient: rfc822; b@example.org" in delivered.data
+    assert b"c@example.org" not in delivered.data.split(b"text/rfc822-headers")[0]
+    assert recipients(engine, mid) == {
+        "b@example.org": ("sent", None),
+        "c@example.org": ("sent", None),
+    }
+
+
 # -- retrying a partial delivery --------------------------------------------------------------
 
 
